@@ -1,0 +1,76 @@
+# Cluster AI: the two commands of the README, and a few more.
+#   make up     set up and run `pulumi up` of the dev stack (local file backend)
+#   make test   run every test tier (the e2e tier skips, saying why, without the Pulumi CLI)
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STACK ?= dev
+STATE_DIR := $(CURDIR)/.pulumi-state
+PASSPHRASE_FILE := $(STATE_DIR)/passphrase
+PULUMI_ENV := PULUMI_BACKEND_URL=file://$(STATE_DIR) PULUMI_CONFIG_PASSPHRASE_FILE=$(PASSPHRASE_FILE) PULUMI_SKIP_UPDATE_CHECK=true
+
+.PHONY: up preview destroy stack-ready test test-unit plan lint bench deps clean-venv
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.deps: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+deps: $(VENV)/.deps
+
+# Fail early, and say what to install, when a prerequisite is missing.
+define require_tools
+	@command -v pulumi >/dev/null 2>&1 || { \
+	  echo "error: the Pulumi CLI is not installed."; \
+	  echo "       install it: https://www.pulumi.com/docs/iac/download-install/ (curl -fsSL https://get.pulumi.com | sh)"; \
+	  exit 1; }
+	@command -v docker >/dev/null 2>&1 || { \
+	  echo "error: Docker is not installed: https://docs.docker.com/engine/install/"; exit 1; }
+	@docker info >/dev/null 2>&1 || { \
+	  echo "error: the Docker engine is not running or this user cannot reach it (/var/run/docker.sock)."; \
+	  echo "       start it (sudo systemctl start docker) and make sure you may use it (docker group)."; \
+	  exit 1; }
+endef
+
+# State stays in this repository's .pulumi-state/ (git-ignored); secrets in it are
+# encrypted with a passphrase generated once into .pulumi-state/passphrase (0600).
+$(PASSPHRASE_FILE):
+	@mkdir -p $(STATE_DIR) && chmod 700 $(STATE_DIR)
+	@umask 077 && $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(32))' > $@
+	@echo "generated a passphrase for local secrets in $@ (keep it: it decrypts this stack's secrets)"
+
+stack-ready: deps $(PASSPHRASE_FILE)
+	$(call require_tools)
+	@$(PULUMI_ENV) pulumi login file://$(STATE_DIR) >/dev/null
+	@$(PULUMI_ENV) pulumi stack select $(STACK) 2>/dev/null || $(PULUMI_ENV) pulumi stack init $(STACK)
+
+up: stack-ready
+	$(PULUMI_ENV) pulumi up --stack $(STACK) $(ARGS)
+
+preview: stack-ready
+	$(PULUMI_ENV) pulumi preview --stack $(STACK) $(ARGS)
+
+destroy: stack-ready
+	$(PULUMI_ENV) pulumi destroy --stack $(STACK) $(ARGS)
+
+test: deps
+	$(BIN)/python -m pytest $(ARGS)
+
+test-unit: deps
+	$(BIN)/python -m pytest tests/unit $(ARGS)
+
+plan: deps
+	$(BIN)/python -m stacks plan $(STACK) $(ARGS)
+
+lint: deps
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,247 @@
+"""The one place that owns the secure defaults of every container in the cluster.
+
+Every service component describes its container with a `ServiceContainer` and
+hands it to `hardened_container`, which adds what no service gets to forget:
+the image pinned through `RemoteImage.image_id`, every capability dropped,
+`no-new-privileges`, a read-only root filesystem unless the image cannot run on
+one, memory and CPU limits, a healthcheck, a bounded restart policy, log rotation,
+labels, private networks only, and no published port unless one is asked for,
+bound to an explicit address. Secrets never go into the container's environment:
+they are uploaded as files (mode 0400, owned by the service's user) into a small
+volume of their own, which is the only place a read-only container accepts uploads.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_docker as docker
+
+SECRETS_DIR = "/run/secrets"
+# Images without `*_FILE` support get their secret env vars from files through
+# this loader: the values never appear in `docker inspect` or in the env input.
+SECRET_ENV_PREFIX = "env."
+SECRET_ENV_LOADER = (
+    'for f in /run/secrets/env.*; do [ -f "$f" ] || continue; '
+    'export "${f##*/env.}=$(cat "$f")"; done; exec "$@"'
+)
+LOG_OPTS = {"max-size": "10m", "max-file": "3"}
+# CIS Docker Benchmark 5.15: restart on failure, at most five times.
+RESTART_POLICY = "on-failure"
+MAX_RESTARTS = 5
+
+
+@dataclass(frozen=True)
+class Publish:
+    """A published port. The address is required: Docker's default is 0.0.0.0."""
+
+    internal: int
+    external: int
+    address: str
+
+    def __post_init__(self) -> None:
+        if ipaddress.ip_address(self.address).is_unspecified:
+            raise ValueError(f"port {self.external}: refusing to publish on {self.address}")
+
+
+@dataclass(frozen=True)
+class Healthcheck:
+    """A Docker healthcheck; `test` is the exec form (`CMD` or `CMD-SHELL` first)."""
+
+    test: Sequence[str]
+    interval_s: int = 15
+    timeout_s: int = 5
+    retries: int = 5
+    start_period_s: int = 30
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A named volume mounted into the container."""
+
+    volume: pulumi.Input[str]
+    target: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class NetworkAttachment:
+    """A private network and the DNS names the container answers to on it."""
+
+    network: pulumi.Input[str]
+    aliases: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class ServiceContainer:
+    """What a service needs from its container; the secure rest is added for it."""
+
+    service: str
+    """The service's name: its label, and the role the policy pack knows it by."""
+    image: str
+    networks: Sequence[NetworkAttachment]
+    healthcheck: Healthcheck
+    memory_mb: int
+    cpus: float
+    command: Sequence[pulumi.Input[str]] | None = None
+    entrypoint: Sequence[str] | None = None
+    env: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+    secret_env: Mapping[str, pulumi.Output[str]] = field(default_factory=dict)
+    """Env vars for images with no `*_FILE` support: loaded from files at start."""
+    secret_files: Mapping[str, pulumi.Output[str]] = field(default_factory=dict)
+    """File name under /run/secrets -> secret content."""
+    mounts: Sequence[Mount] = ()
+    scratch: Sequence[str] = ()
+    """Paths that get an anonymous volume, removed with the container (spill space)."""
+    tmpfs: Mapping[str, str] = field(default_factory=dict)
+    publish: Sequence[Publish] = ()
+    user: str | None = None
+    """`uid:gid` to run as; None keeps the image's user (documented per service)."""
+    read_only_root: bool = True
+    cap_add: Sequence[str] = ()
+    gpus: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    stop_grace_s: int = 30
+    wait_healthy: bool = True
+    """Let `pulumi up` wait for the healthcheck, so dependants start on a live service."""
+
+
+def hardened_container(
+    name: str,
+    spec: ServiceContainer,
+    opts: pulumi.ResourceOptions,
+) -> docker.Container:
+    """Declare `spec`'s image and container (and its secrets volume) under `opts.parent`."""
+    if not spec.networks:
+        # Without a private network Docker would attach the default bridge.
+        raise ValueError(f"{name}: a service container needs at least one private network")
+    image = docker.RemoteImage(
+        f"{name}-image",
+        name=spec.image,
+        # Keep the image when the container goes: another container may use it,
+        # and a rollback should not have to pull again.
+        keep_locally=True,
+        opts=_child(opts),
+    )
+    mounts = list(spec.mounts)
+    uploads: list[docker.ContainerUploadArgs] = []
+    if spec.secret_files or spec.secret_env:
+        secrets = docker.Volume(
+            f"{name}-secrets",
+            labels=_volume_labels(spec, "secrets"),
+            opts=_child(opts),
+        )
+        mounts.append(Mount(volume=secrets.name, target=SECRETS_DIR))
+        files = dict(spec.secret_files)
+        files.update({SECRET_ENV_PREFIX + k: v for k, v in spec.secret_env.items()})
+        uploads = [_secret_upload(file_name, content, spec.user) for file_name, content in sorted(files.items())]
+
+    entrypoint = spec.entrypoint
+    if spec.secret_env:
+        if spec.entrypoint is not None or spec.command is None:
+            raise ValueError(f"{name}: secret_env needs the image's command and no entrypoint override")
+        entrypoint = ["/bin/sh", "-c", SECRET_ENV_LOADER, "load-secret-env"]
+
+    container_opts = pulumi.ResourceOptions.merge(
+        _child(opts),
+        pulumi.ResourceOptions(
+            # A published port or a data volume cannot be held by two containers
+            # at once: replace by stopping the old one first.
+            delete_before_replace=bool(spec.publish or spec.mounts),
+        ),
+    )
+    return docker.Container(
+        name,
+        image=image.image_id,
+        command=list(spec.command) if spec.command is not None else None,
+        entrypoints=list(entrypoint) if entrypoint is not None else None,
+        envs=[f"{k}={v}" if isinstance(v, str) else pulumi.Output.concat(k, "=", v) for k, v in sorted(spec.env.items())],
+        uploads=uploads or None,
+        user=spec.user,
+        read_only=spec.read_only_root,
+        capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"], adds=sorted(spec.cap_add) or None),
+        security_opts=["no-new-privileges:true"],
+        privileged=False,
+        memory=spec.memory_mb,
+        # Swap would let a container overrun its memory limit on disk.
+        memory_swap=spec.memory_mb,
+        cpus=f"{spec.cpus:g}",
+        restart=RESTART_POLICY,
+        max_retry_count=MAX_RESTARTS,
+        healthcheck=docker.ContainerHealthcheckArgs(
+            tests=list(spec.healthcheck.test),
+            interval=f"{spec.healthcheck.interval_s}s",
+            timeout=f"{spec.healthcheck.timeout_s}s",
+            retries=spec.healthcheck.retries,
+            start_period=f"{spec.healthcheck.start_period_s}s",
+        ),
+        wait=spec.wait_healthy,
+        wait_timeout=spec.healthcheck.start_period_s + spec.healthcheck.interval_s * (spec.healthcheck.retries + 1),
+        log_driver="json-file",
+        log_opts=LOG_OPTS,
+        labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in sorted(_labels(spec).items())],
+        networks_advanced=[
+            docker.ContainerNetworksAdvancedArgs(name=n.network, aliases=list(n.aliases) or None) for n in spec.networks
+        ],
+        ports=[docker.ContainerPortArgs(internal=p.internal, external=p.external, ip=p.address, protocol="tcp") for p in spec.publish]
+        or None,
+        mounts=[
+            docker.ContainerMountArgs(type="volume", source=m.volume, target=m.target, read_only=m.read_only) for m in mounts
+        ]
+        + [docker.ContainerMountArgs(type="volume", target=path) for path in spec.scratch]
+        or None,
+        tmpfs=dict(spec.tmpfs) or None,
+        gpus=spec.gpus,
+        init=True,
+        destroy_grace_seconds=spec.stop_grace_s,
+        opts=container_opts,
+    )
+
+
+def data_volume(
+    name: str,
+    service: str,
+    *,
+    protect: bool,
+    labels: Mapping[str, str],
+    opts: pulumi.ResourceOptions,
+) -> docker.Volume:
+    """A named volume that holds a service's data; protected and retained in prod."""
+    return docker.Volume(
+        name,
+        labels=[docker.VolumeLabelArgs(label=k, value=v) for k, v in sorted({**labels, "cluster-ai.service": service, "cluster-ai.volume": "data"}.items())],
+        opts=pulumi.ResourceOptions.merge(
+            _child(opts),
+            pulumi.ResourceOptions(protect=protect, retain_on_delete=protect),
+        ),
+    )
+
+
+def _child(opts: pulumi.ResourceOptions) -> pulumi.ResourceOptions:
+    if opts.parent is None:
+        raise ValueError("hardened resources are always declared as children of a component")
+    return pulumi.ResourceOptions(parent=opts.parent, provider=opts.provider, depends_on=opts.depends_on)
+
+
+def _labels(spec: ServiceContainer) -> dict[str, str]:
+    return {**spec.labels, "cluster-ai.service": spec.service, "cluster-ai.managed-by": "pulumi"}
+
+
+def _volume_labels(spec: ServiceContainer, kind: str) -> list[docker.VolumeLabelArgs]:
+    labels = {**spec.labels, "cluster-ai.service": spec.service, "cluster-ai.volume": kind}
+    return [docker.VolumeLabelArgs(label=k, value=v) for k, v in sorted(labels.items())]
+
+
+def _secret_upload(file_name: str, content: pulumi.Output[str], user: str | None) -> docker.ContainerUploadArgs:
+    uid, _, gid = (user or "0:0").partition(":")
+    return docker.ContainerUploadArgs(
+        file=f"{SECRETS_DIR}/{file_name}",
+        # Keep it secret in state even if the caller forgot to mark it.
+        content=pulumi.Output.secret(content),
+        permissions="0400",
+        owner=uid,
+        group=gid or uid,
+    )

@@ -1,0 +1,607 @@
+"""The stack config as one frozen, validated spec.
+
+Every knob of the cluster and every default lives here, once. `load_spec` turns the
+stack's flat Pulumi config (``cluster-ai:hosts`` -> JSON text, ...) into a
+`ClusterSpec`, or raises `ConfigError` listing *every* problem, each named by the
+config key path a user would type (``cluster-ai:hosts[1].gpus: must be >= 0``).
+The program calls it before it registers anything, so a bad key never leaves a
+half-built stack behind.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import cached_property
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic.alias_generators import to_camel
+
+NAMESPACE = "cluster-ai"
+
+# What a healthy host keeps for itself (kernel, Docker, sshd) before any
+# container limit is counted: a fraction of its memory.
+HOST_MEMORY_RESERVE = 0.10
+# The smallest memory a Dask worker container is worth starting with.
+MIN_WORKER_MEMORY_MB = 1024
+# The share of a worker container's memory Dask itself may use: the rest is
+# headroom so the nanny restarts a worker before the kernel OOM-kills it.
+DASK_MEMORY_SHARE = 0.85
+
+
+class ConfigError(Exception):
+    """The stack config is invalid; `problems` holds one line per problem."""
+
+    def __init__(self, problems: Iterable[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        lines = [f"invalid stack config ({len(self.problems)} problem(s)):"]
+        lines += [f"  - {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+class Environment(StrEnum):
+    """Which shape of cluster: `prod` is strict about pins, `dev` is not."""
+
+    DEV = "dev"
+    PROD = "prod"
+
+
+class Role(StrEnum):
+    """What a host runs: the head (scheduler, Open WebUI, PostgreSQL, Redis) or
+    workers (Dask workers and Ollama)."""
+
+    HEAD = "head"
+    WORKER = "worker"
+
+
+# Names end up in container names, DNS aliases and URNs: keep them boring.
+HOST_NAME = r"^[a-z](?:[a-z0-9-]{0,30}[a-z0-9])?$"
+# An Ollama model reference with an explicit tag: `qwen2.5:0.5b`, `library/x:7b`.
+MODEL_NAME = r"^[a-z0-9][a-z0-9._-]*(?:/[a-z0-9][a-z0-9._-]*)?:[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+DIGEST_HEX = re.compile(r"^(?:sha256:)?([0-9a-f]{64})$")
+# registry/repo[:tag][@sha256:digest], as Docker parses a reference.
+IMAGE_REF = re.compile(
+    r"^(?P<repo>[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-]{1,2}[a-z0-9]+)*)*)"
+    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?"
+    r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
+)
+DNS_NAME = re.compile(r"^(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+EMAIL = r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,253}$"
+DOCKER_SOCKET = r"^unix:///[A-Za-z0-9._/-]+$"
+
+Port = Annotated[int, Field(ge=1024, le=65535)]
+
+
+class _Model(BaseModel):
+    """Config models: immutable, camelCase keys as users write them, no unknown keys."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=False,
+        strict=True,
+    )
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """A parsed container image reference."""
+
+    repo: str
+    tag: str | None
+    digest: str | None
+
+    @property
+    def pinned_by_digest(self) -> bool:
+        return self.digest is not None
+
+
+def parse_image(ref: str) -> ImageRef:
+    """Split `repo[:tag][@digest]`; raises ValueError for anything Docker would reject."""
+    match = IMAGE_REF.match(ref)
+    if match is None:
+        raise ValueError("is not an image reference (repo[:tag][@sha256:<64 hex>])")
+    return ImageRef(match["repo"], match["tag"], match["digest"])
+
+
+def _validate_image(value: str) -> str:
+    ref = parse_image(value)
+    if ref.tag is None and ref.digest is None:
+        raise ValueError("must name a version tag or a digest, not just a repository")
+    if ref.tag == "latest" and ref.digest is None:
+        raise ValueError("must not float on ':latest'; pin a version tag or a digest")
+    return value
+
+
+class Images(_Model):
+    """The container image of each service. Tags in dev, digests in prod."""
+
+    dask: str = "ghcr.io/dask/dask:2026.8.0-py3.12"
+    """Scheduler and workers; its version must equal `dask.version`."""
+    ollama: str = "ollama/ollama:0.13.5"
+    webui: str = "ghcr.io/open-webui/open-webui:v0.6.5"
+    postgres: str = "postgres:16.6-bookworm"
+    redis: str = "redis:7.4.1-bookworm"
+
+    @field_validator("*")
+    @classmethod
+    def _pinned(cls, value: str) -> str:
+        return _validate_image(value)
+
+    def items(self) -> list[tuple[str, str]]:
+        """(service, reference) pairs, in declaration order."""
+        return [(name, getattr(self, name)) for name in type(self).model_fields]
+
+
+class ServiceLimit(_Model):
+    """A container's memory (MB) and CPU limit."""
+
+    memory_mb: int = Field(ge=64, le=4_194_304)
+    cpus: float = Field(gt=0, le=1024)
+
+
+def _limit(memory_mb: int, cpus: float) -> ServiceLimit:
+    return ServiceLimit.model_validate({"memoryMb": memory_mb, "cpus": cpus})
+
+
+class Resources(_Model):
+    """Limits of the head and Ollama services; workers get what their host has left."""
+
+    scheduler: ServiceLimit = _limit(512, 1)
+    webui: ServiceLimit = _limit(1536, 1)
+    postgres: ServiceLimit = _limit(512, 1)
+    redis: ServiceLimit = _limit(256, 0.5)
+    ollama: ServiceLimit = _limit(3072, 2)
+
+
+class HostSpec(_Model):
+    """One Docker host of the cluster."""
+
+    name: str = Field(pattern=HOST_NAME)
+    address: str
+    """How the cluster reaches the host: an IP address or a DNS name."""
+    roles: tuple[Role, ...] = Field(min_length=1)
+    docker_host: str = Field(default="unix:///var/run/docker.sock", pattern=DOCKER_SOCKET)
+    """The Docker endpoint of a local host."""
+    cpus: int = Field(ge=1, le=1024)
+    memory_gb: float = Field(gt=0, le=65536)
+    gpus: int = Field(default=0, ge=0, le=64)
+    gpu_model: str | None = Field(default=None, pattern=r"^[A-Za-z0-9 ._-]{1,64}$")
+    workers: int | None = Field(default=None, ge=1, le=256)
+    """Dask workers on this host; defaults to one per GPU, or one on a CPU host."""
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        try:
+            ip = ipaddress.ip_address(value)
+        except ValueError:
+            if DNS_NAME.match(value) is None:
+                raise ValueError("must be an IP address or a DNS name") from None
+            return value
+        if ip.is_unspecified:
+            raise ValueError("must be the host's own address, not the unspecified address")
+        return value
+
+    @field_validator("roles")
+    @classmethod
+    def _roles(cls, value: tuple[Role, ...]) -> tuple[Role, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("lists a role twice")
+        return value
+
+    @property
+    def is_head(self) -> bool:
+        return Role.HEAD in self.roles
+
+    @property
+    def is_worker(self) -> bool:
+        return Role.WORKER in self.roles
+
+    @property
+    def worker_count(self) -> int:
+        if not self.is_worker:
+            return 0
+        if self.workers is not None:
+            return self.workers
+        return self.gpus if self.gpus > 0 else 1
+
+    @property
+    def gpus_per_worker(self) -> int:
+        return self.gpus // self.worker_count if self.worker_count else 0
+
+
+class ModelPin(_Model):
+    """An Ollama model pinned by name and manifest digest."""
+
+    name: str = Field(pattern=MODEL_NAME, max_length=200)
+    digest: str | None = None
+    """The manifest digest `/api/tags` reports (64 hex, `sha256:` optional)."""
+
+    @field_validator("digest")
+    @classmethod
+    def _digest(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        match = DIGEST_HEX.match(value)
+        if match is None:
+            raise ValueError("must be a sha256 digest: 64 lowercase hex characters")
+        return match[1]
+
+
+class Ports(_Model):
+    """The ports users know from the seed system."""
+
+    webui: Port = 3000
+    scheduler: Port = 8786
+    dashboard: Port = 8787
+    ollama: Port = 11434
+
+
+class DaskSpec(_Model):
+    """Dask: one version for the scheduler, the workers and this repo's client."""
+
+    version: str = Field(default="2026.8.0", pattern=r"^\d{4}\.\d{1,2}\.\d{1,3}$")
+    threads_per_worker: int | None = Field(default=None, ge=1, le=512)
+    """Defaults to the host's CPUs divided among its workers."""
+
+
+class WebUISpec(_Model):
+    """Open WebUI's bootstrap admin account and name."""
+
+    name: str = Field(default="Cluster AI", pattern=r"^[A-Za-z0-9 ._-]{1,64}$")
+    admin_email: str = Field(default="admin@cluster-ai.local", pattern=EMAIL)
+    admin_name: str = Field(default="Admin", pattern=r"^[A-Za-z0-9 ._-]{1,64}$")
+
+
+class PostgresSpec(_Model):
+    """The database Open WebUI keeps its state in."""
+
+    database: str = Field(default="openwebui", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    user: str = Field(default="openwebui", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class ClusterSpec(_Model):
+    """The whole stack config, validated once."""
+
+    environment: Environment
+    bind_address: str = "127.0.0.1"
+    """Where published ports listen on a local host: a loopback address."""
+    hosts: tuple[HostSpec, ...] = Field(min_length=1, max_length=1000)
+    models: tuple[ModelPin, ...] = ()
+    images: Images = Images()
+    ports: Ports = Ports()
+    dask: DaskSpec = DaskSpec()
+    webui: WebUISpec = WebUISpec()
+    postgres: PostgresSpec = PostgresSpec()
+    resources: Resources = Resources()
+    admin_password: SecretStr | None = None
+    """Open WebUI's admin password; generated (and exported as a secret) when unset."""
+
+    @field_validator("bind_address")
+    @classmethod
+    def _bind_address(cls, value: str) -> str:
+        try:
+            ip = ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError("must be an IP address") from None
+        if ip.is_unspecified:
+            raise ValueError("must not be the unspecified address: that publishes on every interface")
+        if not ip.is_loopback:
+            raise ValueError("must be a loopback address (only the TLS proxy is public)")
+        return value
+
+    @property
+    def is_prod(self) -> bool:
+        return self.environment is Environment.PROD
+
+    @cached_property
+    def head(self) -> HostSpec:
+        return next(h for h in self.hosts if h.is_head)
+
+    @property
+    def worker_hosts(self) -> tuple[HostSpec, ...]:
+        return tuple(h for h in self.hosts if h.is_worker)
+
+    def worker_memory_mb(self, host: HostSpec) -> int:
+        """Each Dask worker container's memory: what the host has left, shared."""
+        if not host.is_worker:
+            return 0
+        return (_usable_memory_mb(host) - _service_memory_mb(self, host)) // host.worker_count
+
+    def dask_memory_limit_bytes(self, host: HostSpec) -> int:
+        """Dask's own `--memory-limit`, below the container's so the nanny acts first."""
+        return int(self.worker_memory_mb(host) * DASK_MEMORY_SHARE) * 1024 * 1024
+
+    def threads_per_worker(self, host: HostSpec) -> int:
+        if self.dask.threads_per_worker is not None:
+            return self.dask.threads_per_worker
+        return max(1, host.cpus // max(1, host.worker_count))
+
+    @property
+    def dask_image_version(self) -> str | None:
+        tag = parse_image(self.images.dask).tag or ""
+        match = re.match(r"^(\d{4}\.\d{1,2}\.\d{1,3})(?:-|$)", tag)
+        return match[1] if match else None
+
+
+def _usable_memory_mb(host: HostSpec) -> int:
+    return int(host.memory_gb * 1024 * (1 - HOST_MEMORY_RESERVE))
+
+
+def _service_memory_mb(spec: ClusterSpec, host: HostSpec) -> int:
+    r = spec.resources
+    total = 0
+    if host.is_head:
+        total += r.scheduler.memory_mb + r.webui.memory_mb + r.postgres.memory_mb + r.redis.memory_mb
+    if host.is_worker:
+        total += r.ollama.memory_mb
+    return total
+
+
+# --- loading -----------------------------------------------------------------
+
+SECRET_KEYS = frozenset(
+    to_camel(name) for name, f in ClusterSpec.model_fields.items() if "SecretStr" in str(f.annotation)
+)
+
+
+def load_spec(config: Mapping[str, str], secret_keys: Iterable[str] = ()) -> ClusterSpec:
+    """Build the spec from a stack's flat config map (`namespace:key` -> text).
+
+    Raises ConfigError naming every problem; nothing else escapes.
+    """
+    secret_keys = set(secret_keys)
+    document, problems = _document(config, secret_keys)
+    try:
+        spec = ClusterSpec.model_validate_json(json.dumps(document))
+    except ValidationError as exc:
+        raise ConfigError(problems + [_describe(e) for e in _primary_errors(exc.errors())]) from None
+    problems += cross_field_problems(spec)
+    if problems:
+        raise ConfigError(problems)
+    return spec
+
+
+def _document(config: Mapping[str, str], secret_keys: set[str]) -> tuple[dict[str, Any], list[str]]:
+    """Decode our namespace's keys into one JSON document; report unknown and plaintext-secret keys."""
+    known = {to_camel(n) for n in ClusterSpec.model_fields}
+    document: dict[str, Any] = {}
+    problems: list[str] = []
+    prefix = NAMESPACE + ":"
+    for full_key, raw in sorted(config.items()):
+        if not full_key.startswith(prefix):
+            continue
+        key = full_key[len(prefix):]
+        if key not in known:
+            hint = difflib.get_close_matches(key, sorted(known), n=1)
+            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+            problems.append(f"{full_key}: is not a known key{suggestion}")
+            continue
+        if key in SECRET_KEYS and full_key not in secret_keys:
+            problems.append(
+                f"{full_key}: is stored in plain text; set it with "
+                f"`pulumi config set --secret {key} <value>`"
+            )
+            continue
+        document[key] = _decode(raw, structured=key not in SECRET_KEYS)
+    return document, problems
+
+
+def _decode(raw: Any, *, structured: bool) -> Any:
+    """Pulumi hands structured values to programs as JSON text, scalars as plain text."""
+    if not isinstance(raw, str):
+        return raw
+    if structured and raw[:1] in ("{", "["):
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            return raw
+    return raw
+
+
+def config_path(loc: Iterable[int | str]) -> str:
+    """`('hosts', 1, 'gpus')` -> `cluster-ai:hosts[1].gpus`."""
+    out = NAMESPACE
+    first = True
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif first:
+            out += f":{part}"
+        else:
+            out += f".{part}"
+        first = False
+    return out
+
+
+def _show(value: Any) -> str:
+    """A value as it may safely appear in a message: short, one line, escaped."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = text.encode("unicode_escape").decode("ascii")
+    return repr(text[:60] + ("..." if len(text) > 60 else ""))
+
+
+_MESSAGES = {
+    "missing": lambda e: "is required",
+    "extra_forbidden": lambda e: "is not a known key",
+    "greater_than_equal": lambda e: f"must be >= {e['ctx']['ge']}",
+    "greater_than": lambda e: f"must be > {e['ctx']['gt']}",
+    "less_than_equal": lambda e: f"must be <= {e['ctx']['le']}",
+    "less_than": lambda e: f"must be < {e['ctx']['lt']}",
+    "int_type": lambda e: f"must be an integer, got {_show(e['input'])}",
+    "int_from_float": lambda e: f"must be a whole number, got {_show(e['input'])}",
+    "float_type": lambda e: f"must be a number, got {_show(e['input'])}",
+    "bool_type": lambda e: f"must be true or false, got {_show(e['input'])}",
+    "string_type": lambda e: f"must be a string, got {_show(e['input'])}",
+    "tuple_type": lambda e: f"must be a list, got {_show(e['input'])}",
+    "model_type": lambda e: f"must be an object with keys, got {_show(e['input'])}",
+    "model_attributes_type": lambda e: f"must be an object with keys, got {_show(e['input'])}",
+    "dict_type": lambda e: f"must be an object with keys, got {_show(e['input'])}",
+    "enum": lambda e: f"must be one of {e['ctx']['expected']}, got {_show(e['input'])}",
+    "too_short": lambda e: f"must have at least {e['ctx']['min_length']} item(s)",
+    "too_long": lambda e: f"must have at most {e['ctx']['max_length']} item(s)",
+    "string_too_long": lambda e: f"must be at most {e['ctx']['max_length']} characters",
+    "string_pattern_mismatch": lambda e: f"{_show(e['input'])} does not match {e['ctx']['pattern']}",
+    "value_error": lambda e: f"{_show(e['input'])} {e['ctx']['error']}",
+    "json_invalid": lambda e: "is not valid JSON",
+}
+
+
+def _primary_errors(errors: list[Any]) -> list[Any]:
+    """Drop the length errors pydantic adds above an item that failed: a list whose
+    only item is invalid is reported as invalid, not also as empty."""
+
+    def below(e: Any, other: Any) -> bool:
+        return len(other["loc"]) > len(e["loc"]) and tuple(other["loc"][: len(e["loc"])]) == tuple(e["loc"])
+
+    return [e for e in errors if not (e["type"] == "too_short" and any(below(e, o) for o in errors))]
+
+
+def _describe(error: Any) -> str:
+    """One pydantic error -> `cluster-ai:path: what is wrong`."""
+    loc = list(error["loc"])
+    # Strict JSON validation of a `str | None` field reports the union member
+    # in the path (`...digest.str`); users never typed that part.
+    loc = [p for p in loc if p not in ("str", "none", "function-after[_digest(), str]")]
+    render = _MESSAGES.get(error["type"])
+    message = render(error) if render else error["msg"]
+    return f"{config_path(loc)}: {message}"
+
+
+def cross_field_problems(spec: ClusterSpec) -> list[str]:
+    """Checks that need the whole spec: each problem names its key path."""
+    problems: list[str] = []
+    problems += _duplicate_hosts(spec)
+    problems += _roles(spec)
+    problems += _workers_vs_gpus(spec)
+    problems += _memory(spec)
+    problems += _model_pins(spec)
+    problems += _image_pins(spec)
+    problems += _ports(spec)
+    return problems
+
+
+def _duplicate_hosts(spec: ClusterSpec) -> list[str]:
+    problems = []
+    for field in ("name", "address"):
+        seen: dict[str, int] = {}
+        for i, host in enumerate(spec.hosts):
+            value = getattr(host, field)
+            if value in seen:
+                problems.append(
+                    f"{config_path(['hosts', i, field])}: {value!r} is already used by "
+                    f"{config_path(['hosts', seen[value]])}"
+                )
+            else:
+                seen[value] = i
+    return problems
+
+
+def _roles(spec: ClusterSpec) -> list[str]:
+    heads = [i for i, h in enumerate(spec.hosts) if h.is_head]
+    problems = []
+    if len(heads) != 1:
+        where = ", ".join(config_path(["hosts", i]) for i in heads) or "none"
+        problems.append(f"{NAMESPACE}:hosts: exactly one host must have the role 'head' (found: {where})")
+    if not spec.worker_hosts:
+        problems.append(f"{NAMESPACE}:hosts: at least one host must have the role 'worker'")
+    return problems
+
+
+def _workers_vs_gpus(spec: ClusterSpec) -> list[str]:
+    problems = []
+    for i, host in enumerate(spec.hosts):
+        if host.workers is not None and not host.is_worker:
+            problems.append(f"{config_path(['hosts', i, 'workers'])}: is set but the host has no 'worker' role")
+        elif host.gpus > 0 and host.workers is not None and host.workers > host.gpus:
+            problems.append(
+                f"{config_path(['hosts', i, 'workers'])}: {host.workers} workers need at least "
+                f"{host.workers} GPUs, but the host declares gpus={host.gpus}"
+            )
+        if host.gpu_model is not None and host.gpus == 0:
+            problems.append(f"{config_path(['hosts', i, 'gpuModel'])}: is set but the host declares gpus=0")
+    return problems
+
+
+def _memory(spec: ClusterSpec) -> list[str]:
+    problems = []
+    for i, host in enumerate(spec.hosts):
+        usable = _usable_memory_mb(host)
+        needed = _service_memory_mb(spec, host) + MIN_WORKER_MEMORY_MB * host.worker_count
+        if needed > usable:
+            problems.append(
+                f"{config_path(['hosts', i, 'memoryGb'])}: {host.memory_gb:g} GB cannot hold what is placed "
+                f"on host {host.name!r}: it needs {needed} MB of limits and "
+                f"{int(HOST_MEMORY_RESERVE * 100)}% reserve ({usable} MB usable)"
+            )
+    return problems
+
+
+def _model_pins(spec: ClusterSpec) -> list[str]:
+    problems = []
+    first: dict[str, int] = {}
+    for i, pin in enumerate(spec.models):
+        if pin.name in first:
+            j = first[pin.name]
+            other = spec.models[j]
+            if other.digest != pin.digest:
+                problems.append(
+                    f"{config_path(['models', i, 'digest'])}: model {pin.name!r} is pinned twice with "
+                    f"different digests (see {config_path(['models', j])})"
+                )
+            else:
+                problems.append(f"{config_path(['models', i])}: model {pin.name!r} is listed twice")
+        else:
+            first[pin.name] = i
+        if spec.is_prod and pin.digest is None:
+            problems.append(
+                f"{config_path(['models', i, 'digest'])}: prod refuses an unpinned model; "
+                f"set the digest `/api/tags` reports for {pin.name!r}"
+            )
+    return problems
+
+
+def _image_pins(spec: ClusterSpec) -> list[str]:
+    problems = []
+    for service, ref in spec.images.items():
+        if spec.is_prod and not parse_image(ref).pinned_by_digest:
+            problems.append(
+                f"{config_path(['images', service])}: prod requires a digest "
+                f"({ref}@sha256:<64 hex>); run `python -m stacks lock prod`"
+            )
+    version = spec.dask_image_version
+    if version != spec.dask.version:
+        problems.append(
+            f"{config_path(['images', 'dask'])}: the image's Dask version ({version or 'none in the tag'}) "
+            f"must equal {config_path(['dask', 'version'])} ({spec.dask.version}): scheduler, "
+            f"workers and client must run one version"
+        )
+    return problems
+
+
+def _ports(spec: ClusterSpec) -> list[str]:
+    counts = Counter(spec.ports.model_dump().values())
+    return [
+        f"{config_path(['ports', to_camel(name)])}: port {port} is used by more than one service"
+        for name, port in spec.ports.model_dump().items()
+        if counts[port] > 1
+    ]

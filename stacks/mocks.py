@@ -1,0 +1,277 @@
+"""The one mocks recorder: the real program under the Pulumi SDK's own mocks.
+
+The offline plan and every unit and policy test evaluate the program through
+`evaluate_program`. It swaps the engine for the SDK's `MockMonitor`, records what
+each resource was registered with (type, name, parent, provider, inputs with
+secrets still marked, dependencies, resource options), and answers with outputs
+that look like a provider's, so `.apply` chains run as they would in `pulumi up`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+from pulumi.runtime import mocks as sdk_mocks
+from pulumi.runtime import rpc, settings
+from pulumi.runtime import stack as sdk_stack
+from pulumi.runtime.config import set_all_config
+
+
+@dataclass(frozen=True)
+class Secret:
+    """An input the program marked secret; its value never leaves the recorder."""
+
+    value: Any
+
+    def __repr__(self) -> str:
+        return "[secret]"
+
+
+@dataclass
+class Resource:
+    """One registration, as the engine received it."""
+
+    urn: str
+    type: str
+    name: str
+    custom: bool
+    parent: str | None
+    provider: str | None
+    inputs: dict[str, Any]
+    dependencies: tuple[str, ...] = ()
+    property_dependencies: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    protect: bool = False
+    retain_on_delete: bool = False
+    delete_before_replace: bool = False
+    ignore_changes: tuple[str, ...] = ()
+    replace_on_changes: tuple[str, ...] = ()
+    additional_secret_outputs: tuple[str, ...] = ()
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def provider_urn(self) -> str | None:
+        """The provider reference is `urn::id`; the URN is what identifies it."""
+        return self.provider.rsplit("::", 1)[0] if self.provider else None
+
+    def plain_inputs(self) -> dict[str, Any]:
+        """Inputs with secrets unwrapped: for assertions on values, never for display."""
+        return unwrap(self.inputs)
+
+    def redacted_inputs(self) -> dict[str, Any]:
+        """Inputs with every secret shown as `[secret]`: safe to print."""
+        return redact(self.inputs)
+
+
+def unwrap(value: Any) -> Any:
+    if isinstance(value, Secret):
+        return unwrap(value.value)
+    if isinstance(value, dict):
+        return {k: unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unwrap(v) for v in value]
+    return value
+
+
+def redact(value: Any) -> Any:
+    if isinstance(value, Secret):
+        return "[secret]"
+    if isinstance(value, dict):
+        return {k: redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+def contains_secret(value: Any) -> bool:
+    if isinstance(value, Secret):
+        return True
+    if isinstance(value, dict):
+        return any(contains_secret(v) for v in value.values())
+    if isinstance(value, list):
+        return any(contains_secret(v) for v in value)
+    return False
+
+
+def _mark_secrets(value: Any) -> Any:
+    """Turn the SDK's wire form of secrets into `Secret` markers, recursively."""
+    if rpc.is_rpc_secret(value):
+        return Secret(_mark_secrets(rpc.unwrap_rpc_secret(value)))
+    if isinstance(value, dict):
+        return {k: _mark_secrets(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mark_secrets(v) for v in value]
+    return value
+
+
+def _fake_digest(seed: str) -> str:
+    return hashlib.sha256(seed.encode()).hexdigest()
+
+
+def _pem(kind: str, seed: str) -> str:
+    return f"-----BEGIN {kind}-----\nMOCK{_fake_digest(seed)[:48]}\n-----END {kind}-----\n"
+
+
+class ClusterMocks(pulumi.runtime.Mocks):
+    """Outputs shaped like each provider's, deterministic per resource name."""
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
+        outputs = dict(args.inputs)
+        token, name = args.typ, args.name
+        if token == "docker:index/remoteImage:RemoteImage":
+            outputs["imageId"] = "sha256:" + _fake_digest(str(args.inputs.get("name")))
+            outputs["repoDigest"] = f"{str(args.inputs.get('name')).split('@')[0]}@sha256:{_fake_digest(name)}"
+        elif token == "docker:index/container:Container":
+            outputs.setdefault("name", name)
+            outputs["exitCode"] = None
+        elif token == "docker:index/network:Network":
+            outputs.setdefault("name", name)
+        elif token == "docker:index/volume:Volume":
+            outputs.setdefault("name", name)
+            outputs["mountpoint"] = f"/var/lib/docker/volumes/{name}/_data"
+        elif token in ("random:index/randomPassword:RandomPassword", "random:index/randomString:RandomString"):
+            length = int(args.inputs.get("length", 32))
+            outputs["result"] = ("mock" + _fake_digest(name))[:length]
+        elif token == "random:index/randomBytes:RandomBytes":
+            outputs["hex"] = _fake_digest(name)
+            outputs["base64"] = _fake_digest(name)
+        elif token == "tls:index/privateKey:PrivateKey":
+            outputs["privateKeyPem"] = _pem("PRIVATE KEY", name)
+            outputs["publicKeyPem"] = _pem("PUBLIC KEY", name)
+            outputs["publicKeyOpenssh"] = f"ecdsa-sha2-nistp256 MOCK{_fake_digest(name)[:32]}"
+        elif token in ("tls:index/selfSignedCert:SelfSignedCert", "tls:index/locallySignedCert:LocallySignedCert"):
+            outputs["certPem"] = _pem("CERTIFICATE", name)
+        elif token == "tls:index/certRequest:CertRequest":
+            outputs["certRequestPem"] = _pem("CERTIFICATE REQUEST", name)
+        elif token.startswith("command:"):
+            outputs["stdout"] = ""
+            outputs["stderr"] = ""
+        return f"{name}-id", outputs
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+        # The program makes no invokes (they would block on every host in prod);
+        # an unexpected one is a bug worth failing on.
+        raise NotImplementedError(f"unexpected invoke {args.token}")
+
+
+class RecordingMonitor(sdk_mocks.MockMonitor):
+    """The SDK's mock monitor, plus a record of every registration request."""
+
+    def __init__(self, mocks: pulumi.runtime.Mocks) -> None:
+        super().__init__(mocks)
+        self.recorded: dict[str, Resource] = {}
+        self.order: list[str] = []
+
+    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
+        response = super().RegisterResource(request)
+        if request.type == "pulumi:pulumi:Stack":
+            return response
+        inputs = _mark_secrets(rpc.deserialize_properties(request.object))
+        registered = self.resources.get(response.urn)
+        resource = Resource(
+            urn=response.urn,
+            type=request.type,
+            name=request.name,
+            custom=bool(request.custom),
+            parent=request.parent or None,
+            provider=request.provider or None,
+            inputs=inputs,
+            dependencies=tuple(request.dependencies),
+            property_dependencies={k: tuple(v.urns) for k, v in request.propertyDependencies.items()},
+            protect=bool(request.protect),
+            retain_on_delete=bool(request.retainOnDelete),
+            delete_before_replace=bool(request.deleteBeforeReplace),
+            ignore_changes=tuple(request.ignoreChanges),
+            replace_on_changes=tuple(request.replaceOnChanges),
+            additional_secret_outputs=tuple(request.additionalSecretOutputs),
+            outputs=_mark_secrets(registered.state) if registered else {},
+        )
+        self.recorded[resource.urn] = resource
+        self.order.append(resource.urn)
+        return response
+
+
+@dataclass
+class Evaluation:
+    """What one run of the program registered, in registration order."""
+
+    project: str
+    stack: str
+    resources: list[Resource]
+    exports: dict[str, Any]
+
+    def by_type(self, token: str) -> list[Resource]:
+        return [r for r in self.resources if r.type == token]
+
+    def get(self, urn: str) -> Resource:
+        for r in self.resources:
+            if r.urn == urn:
+                return r
+        raise KeyError(urn)
+
+    def named(self, name: str) -> Resource:
+        matches = [r for r in self.resources if r.name == name]
+        if len(matches) != 1:
+            raise KeyError(f"{len(matches)} resources named {name!r}")
+        return matches[0]
+
+    def children(self, urn: str) -> list[Resource]:
+        return [r for r in self.resources if r.parent == urn]
+
+    def __iter__(self) -> Iterator[Resource]:
+        return iter(self.resources)
+
+
+def evaluate_program(
+    program: Callable[[], None],
+    *,
+    project: str,
+    stack: str,
+    config: Mapping[str, str],
+    secret_keys: list[str] | None = None,
+    preview: bool = False,
+    mocks: pulumi.runtime.Mocks | None = None,
+) -> Evaluation:
+    """Run `program` under mocks with this stack's config and return what it registered.
+
+    Each call gets a fresh event loop, fresh settings and a fresh monitor, so
+    evaluations never leak into each other. Exceptions from the program propagate.
+    """
+    monitor = RecordingMonitor(mocks or ClusterMocks())
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        set_all_config(dict(config), list(secret_keys or []))
+        settings.ROOT.set(None)
+        sdk_mocks.set_mocks(monitor.mocks, project=project, stack=stack, preview=preview, monitor=monitor)
+        root = settings.get_root_resource()
+        loop.run_until_complete(sdk_stack.run_pulumi_func(program))
+        exports = _resolve_exports(loop, root)
+    finally:
+        settings.ROOT.set(None)
+        set_all_config({}, [])
+        loop.close()
+        asyncio.set_event_loop(None)
+    return Evaluation(project, stack, [monitor.recorded[u] for u in monitor.order], exports)
+
+
+def _resolve_exports(loop: asyncio.AbstractEventLoop, root: Any) -> dict[str, Any]:
+    """Await the stack outputs the program exported (unknown in preview -> None)."""
+    outputs = getattr(root, "outputs", {}) or {}
+
+    async def resolve() -> dict[str, Any]:
+        resolved = {}
+        for key, value in outputs.items():
+            out = pulumi.Output.from_input(value)
+            known = await out.is_known()
+            secret = await out.is_secret()
+            plain = await out.future(with_unknowns=False) if known else None
+            resolved[key] = Secret(plain) if secret else plain
+        return resolved
+
+    return loop.run_until_complete(resolve())
+
