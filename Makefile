@@ -11,7 +11,7 @@ STATE_DIR := $(CURDIR)/.pulumi-state
 PASSPHRASE_FILE := $(STATE_DIR)/passphrase
 PULUMI_ENV := PULUMI_BACKEND_URL=file://$(STATE_DIR) PULUMI_CONFIG_PASSPHRASE_FILE=$(PASSPHRASE_FILE) PULUMI_SKIP_UPDATE_CHECK=true
 
-.PHONY: up preview destroy stack-ready test test-unit plan lint bench deps clean-venv
+.PHONY: up preview destroy check-tools stack-ready test test-unit plan lint bench deps env clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,8 +44,10 @@ $(PASSPHRASE_FILE):
 	@umask 077 && $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(32))' > $@
 	@echo "generated a passphrase for local secrets in $@ (keep it: it decrypts this stack's secrets)"
 
-stack-ready: deps $(PASSPHRASE_FILE)
+check-tools:
 	$(call require_tools)
+
+stack-ready: check-tools deps $(PASSPHRASE_FILE)
 	@$(PULUMI_ENV) pulumi login file://$(STATE_DIR) >/dev/null
 	@$(PULUMI_ENV) pulumi stack select $(STACK) 2>/dev/null || $(PULUMI_ENV) pulumi stack init $(STACK)
 
@@ -59,7 +61,7 @@ destroy: stack-ready
 	$(PULUMI_ENV) pulumi destroy --stack $(STACK) $(ARGS)
 
 test: deps
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -n auto $(ARGS)
 
 test-unit: deps
 	$(BIN)/python -m pytest tests/unit $(ARGS)
@@ -71,6 +73,12 @@ lint: deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# `source <(make -s env)`: run pulumi by hand against the same local backend.
+env:
+	@echo "export PULUMI_BACKEND_URL=file://$(STATE_DIR)"
+	@echo "export PULUMI_CONFIG_PASSPHRASE_FILE=$(PASSPHRASE_FILE)"
+	@echo "export PULUMI_SKIP_UPDATE_CHECK=true"
 
 clean-venv:
 	rm -rf $(VENV)

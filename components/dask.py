@@ -102,7 +102,10 @@ class DaskScheduler(pulumi.ComponentResource):
         port, dashboard = args["port"], args["dashboard_port"]
         publish: list[Publish] = []
         if "publish_address" in args:
-            publish = [Publish(port, port, args["publish_address"]), Publish(dashboard, dashboard, args["publish_address"])]
+            publish = [
+                Publish(port, port, args["publish_address"]),
+                Publish(dashboard, dashboard, args["publish_address"]),
+            ]
         self.container = hardened_container(
             name,
             ServiceContainer(

@@ -25,8 +25,7 @@ SECRETS_DIR = "/run/secrets"
 # this loader: the values never appear in `docker inspect` or in the env input.
 SECRET_ENV_PREFIX = "env."
 SECRET_ENV_LOADER = (
-    'for f in /run/secrets/env.*; do [ -f "$f" ] || continue; '
-    'export "${f##*/env.}=$(cat "$f")"; done; exec "$@"'
+    'for f in /run/secrets/env.*; do [ -f "$f" ] || continue; export "${f##*/env.}=$(cat "$f")"; done; exec "$@"'
 )
 LOG_OPTS = {"max-size": "10m", "max-file": "3"}
 # CIS Docker Benchmark 5.15: restart on failure, at most five times.
@@ -158,7 +157,9 @@ def hardened_container(
         image=image.image_id,
         command=list(spec.command) if spec.command is not None else None,
         entrypoints=list(entrypoint) if entrypoint is not None else None,
-        envs=[f"{k}={v}" if isinstance(v, str) else pulumi.Output.concat(k, "=", v) for k, v in sorted(spec.env.items())],
+        envs=[
+            f"{k}={v}" if isinstance(v, str) else pulumi.Output.concat(k, "=", v) for k, v in sorted(spec.env.items())
+        ],
         uploads=uploads or None,
         user=spec.user,
         read_only=spec.read_only_root,
@@ -186,10 +187,14 @@ def hardened_container(
         networks_advanced=[
             docker.ContainerNetworksAdvancedArgs(name=n.network, aliases=list(n.aliases) or None) for n in spec.networks
         ],
-        ports=[docker.ContainerPortArgs(internal=p.internal, external=p.external, ip=p.address, protocol="tcp") for p in spec.publish]
+        ports=[
+            docker.ContainerPortArgs(internal=p.internal, external=p.external, ip=p.address, protocol="tcp")
+            for p in spec.publish
+        ]
         or None,
         mounts=[
-            docker.ContainerMountArgs(type="volume", source=m.volume, target=m.target, read_only=m.read_only) for m in mounts
+            docker.ContainerMountArgs(type="volume", source=m.volume, target=m.target, read_only=m.read_only)
+            for m in mounts
         ]
         + [docker.ContainerMountArgs(type="volume", target=path) for path in spec.scratch]
         or None,
@@ -212,7 +217,10 @@ def data_volume(
     """A named volume that holds a service's data; protected and retained in prod."""
     return docker.Volume(
         name,
-        labels=[docker.VolumeLabelArgs(label=k, value=v) for k, v in sorted({**labels, "cluster-ai.service": service, "cluster-ai.volume": "data"}.items())],
+        labels=[
+            docker.VolumeLabelArgs(label=k, value=v)
+            for k, v in sorted({**labels, "cluster-ai.service": service, "cluster-ai.volume": "data"}.items())
+        ],
         opts=pulumi.ResourceOptions.merge(
             _child(opts),
             pulumi.ResourceOptions(protect=protect, retain_on_delete=protect),

@@ -11,7 +11,15 @@ from typing import Any, NotRequired, TypedDict
 import pulumi
 from pulumi_command import remote
 
-from components.hardened import Healthcheck, Mount, NetworkAttachment, Publish, ServiceContainer, data_volume, hardened_container
+from components.hardened import (
+    Healthcheck,
+    Mount,
+    NetworkAttachment,
+    Publish,
+    ServiceContainer,
+    data_volume,
+    hardened_container,
+)
 from components.hostexec import host_command
 
 PORT = 11434

@@ -88,4 +88,3 @@ class Postgres(pulumi.ComponentResource):
             pulumi.Output.concat("postgresql://", user, ":", self.password, f"@{ALIAS}:{PORT}/{database}")
         )
         self.register_outputs({"host": self.host, "volume": self.volume_name})
-

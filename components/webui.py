@@ -8,7 +8,15 @@ from typing import NotRequired, TypedDict
 import pulumi
 import pulumi_random as random
 
-from components.hardened import Healthcheck, Mount, NetworkAttachment, Publish, ServiceContainer, data_volume, hardened_container
+from components.hardened import (
+    Healthcheck,
+    Mount,
+    NetworkAttachment,
+    Publish,
+    ServiceContainer,
+    data_volume,
+    hardened_container,
+)
 
 PORT = 8080
 ALIAS = "webui"

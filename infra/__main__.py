@@ -7,6 +7,6 @@ from pathlib import Path
 # (infra, components) live one level up, beside Pulumi.yaml.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from infra.program import main  # noqa: E402
+from infra.program import main
 
 main()

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
-from typing import Annotated, Any
+from typing import Annotated, Any, get_origin
 
 from pydantic import (
     BaseModel,
@@ -82,7 +82,9 @@ IMAGE_REF = re.compile(
     r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?"
     r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
 )
-DNS_NAME = re.compile(r"^(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+DNS_NAME = re.compile(
+    r"^(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"
+)
 EMAIL = r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,253}$"
 DOCKER_SOCKET = r"^unix:///[A-Za-z0-9._/-]+$"
 
@@ -116,7 +118,7 @@ class ImageRef:
 
 def parse_image(ref: str) -> ImageRef:
     """Split `repo[:tag][@digest]`; raises ValueError for anything Docker would reject."""
-    match = IMAGE_REF.match(ref)
+    match = IMAGE_REF.fullmatch(ref)
     if match is None:
         raise ValueError("is not an image reference (repo[:tag][@sha256:<64 hex>])")
     return ImageRef(match["repo"], match["tag"], match["digest"])
@@ -194,7 +196,9 @@ class HostSpec(_Model):
         try:
             ip = ipaddress.ip_address(value)
         except ValueError:
-            if DNS_NAME.match(value) is None:
+            # An all-numeric last label is no DNS name: `999.1.1.1` is a typo of an
+            # address, and `1.2.3` is what inet_aton (ssh) would read as 1.2.0.3.
+            if DNS_NAME.fullmatch(value) is None or value.rsplit(".", 1)[-1].isdigit():
                 raise ValueError("must be an IP address or a DNS name") from None
             return value
         if ip.is_unspecified:
@@ -241,7 +245,7 @@ class ModelPin(_Model):
     def _digest(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        match = DIGEST_HEX.match(value)
+        match = DIGEST_HEX.fullmatch(value)
         if match is None:
             raise ValueError("must be a sha256 digest: 64 lowercase hex characters")
         return match[1]
@@ -362,6 +366,15 @@ def _service_memory_mb(spec: ClusterSpec, host: HostSpec) -> int:
 SECRET_KEYS = frozenset(
     to_camel(name) for name, f in ClusterSpec.model_fields.items() if "SecretStr" in str(f.annotation)
 )
+# Keys whose value is a list or an object: the engine hands them over as JSON text.
+STRUCTURED_KEYS = frozenset(
+    to_camel(name)
+    for name, f in ClusterSpec.model_fields.items()
+    if get_origin(f.annotation) is tuple or (isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel))
+)
+# Nothing in the schema nests deeper than a few levels; pydantic's JSON parser
+# stops at 200 with an error that names no key, Python's json at ~1000 with a crash.
+MAX_DEPTH = 16
 
 
 def load_spec(config: Mapping[str, str], secret_keys: Iterable[str] = ()) -> ClusterSpec:
@@ -370,52 +383,106 @@ def load_spec(config: Mapping[str, str], secret_keys: Iterable[str] = ()) -> Clu
     Raises ConfigError naming every problem; nothing else escapes.
     """
     secret_keys = set(secret_keys)
-    document, problems = _document(config, secret_keys)
+    document, problems, unreadable = _document(config, secret_keys)
     try:
         spec = ClusterSpec.model_validate_json(json.dumps(document))
     except ValidationError as exc:
-        raise ConfigError(problems + [_describe(e) for e in _primary_errors(exc.errors())]) from None
+        # A key already reported as unreadable is not also "required".
+        errors = [e for e in _primary_errors(exc.errors()) if not (e["loc"] and e["loc"][0] in unreadable)]
+        raise ConfigError(problems + [_describe(e) for e in errors]) from None
     problems += cross_field_problems(spec)
     if problems:
         raise ConfigError(problems)
     return spec
 
 
-def _document(config: Mapping[str, str], secret_keys: set[str]) -> tuple[dict[str, Any], list[str]]:
-    """Decode our namespace's keys into one JSON document; report unknown and plaintext-secret keys."""
+def _document(config: Mapping[str, str], secret_keys: set[str]) -> tuple[dict[str, Any], list[str], set[str]]:
+    """Decode our namespace's keys into one JSON document; report unknown, unreadable and
+    plaintext-secret keys (the last set: keys left out of the document as unreadable)."""
     known = {to_camel(n) for n in ClusterSpec.model_fields}
     document: dict[str, Any] = {}
     problems: list[str] = []
+    unreadable: set[str] = set()
     prefix = NAMESPACE + ":"
     for full_key, raw in sorted(config.items()):
         if not full_key.startswith(prefix):
             continue
-        key = full_key[len(prefix):]
+        key = full_key[len(prefix) :]
         if key not in known:
             hint = difflib.get_close_matches(key, sorted(known), n=1)
             suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
-            problems.append(f"{full_key}: is not a known key{suggestion}")
+            problems.append(f"{config_path([key])}: is not a known key{suggestion}")
             continue
         if key in SECRET_KEYS and full_key not in secret_keys:
             problems.append(
-                f"{full_key}: is stored in plain text; set it with "
-                f"`pulumi config set --secret {key} <value>`"
+                f"{full_key}: is stored in plain text; set it with `pulumi config set --secret {key} <value>`"
             )
             continue
-        document[key] = _decode(raw, structured=key not in SECRET_KEYS)
-    return document, problems
-
-
-def _decode(raw: Any, *, structured: bool) -> Any:
-    """Pulumi hands structured values to programs as JSON text, scalars as plain text."""
-    if not isinstance(raw, str):
-        return raw
-    if structured and raw[:1] in ("{", "["):
         try:
-            return json.loads(raw)
-        except json.JSONDecodeError:
+            value = _decode(raw, structured=key in STRUCTURED_KEYS, secret=key in SECRET_KEYS)
+            bad = _unreadable(value, [key])
+        except ValueError as exc:
+            bad = ([key], str(exc))
+        if bad is not None:
+            problems.append(f"{config_path(bad[0])}: {bad[1]}")
+            unreadable.add(key)
+            continue
+        document[key] = value
+    return document, problems, unreadable
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _decode(raw: Any, *, structured: bool, secret: bool = False) -> Any:
+    """Pulumi hands structured values to programs as JSON text, scalars as plain text.
+
+    Raises ValueError (with a message fit for users) when a structured key's text
+    starts like JSON but cannot be read as JSON.
+    """
+    if not isinstance(raw, str) or secret or raw[:1] not in ("{", "["):
+        return raw
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        if not structured:
             return raw
-    return raw
+        raise ValueError(f"is not valid JSON: nested more than {MAX_DEPTH} levels deep") from None
+    except ValueError as exc:
+        # JSONDecodeError, NaN/Infinity, or an integer too long to convert.
+        if not structured:
+            return raw  # a scalar that merely starts with a bracket is text
+        raise ValueError(f"is not valid JSON: {_escape(str(exc))}") from None
+
+
+def _unreadable(value: Any, loc: list[int | str], depth: int = 0) -> tuple[list[int | str], str] | None:
+    """The first part of a decoded value no message or model could carry, and why."""
+    if depth > MAX_DEPTH:
+        return loc, f"is nested more than {MAX_DEPTH} levels deep"
+    if isinstance(value, str):
+        return None if _is_utf8(value) else (loc, "contains an invalid unicode escape (an unpaired surrogate)")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not _is_utf8(k):
+                return loc, "has a key with an invalid unicode escape (an unpaired surrogate)"
+            found = _unreadable(v, [*loc, k], depth + 1)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _unreadable(v, [*loc, i], depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def config_path(loc: Iterable[int | str]) -> str:
@@ -425,19 +492,33 @@ def config_path(loc: Iterable[int | str]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif first:
-            out += f":{part}"
         else:
-            out += f".{part}"
+            # A key the user mistyped may hold anything: show it quoted and escaped.
+            key = part if _PLAIN_KEY.fullmatch(part) else _show(part)
+            out += f":{key}" if first else f".{key}"
         first = False
     return out
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_SHOWN = 60
+
+
+def _escape(text: str, limit: int = 2 * MAX_SHOWN) -> str:
+    """Text as it may safely appear in a message: one line, ASCII, bounded in length."""
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return text.encode("unicode_escape").decode("ascii")
+
+
 def _show(value: Any) -> str:
-    """A value as it may safely appear in a message: short, one line, escaped."""
+    """A value as it may safely appear in a message: quoted, short, one line, escaped."""
     text = value if isinstance(value, str) else json.dumps(value, default=str)
-    text = text.encode("unicode_escape").decode("ascii")
-    return repr(text[:60] + ("..." if len(text) > 60 else ""))
+    if len(text) > MAX_SHOWN:
+        text = text[:MAX_SHOWN] + "..."
+    # ascii() escapes control, non-printable and non-ASCII characters once (repr
+    # of an already escaped text would double every backslash).
+    return ascii(text)
 
 
 _MESSAGES = {
@@ -481,7 +562,8 @@ def _describe(error: Any) -> str:
     loc = list(error["loc"])
     # Strict JSON validation of a `str | None` field reports the union member
     # in the path (`...digest.str`); users never typed that part.
-    loc = [p for p in loc if p not in ("str", "none", "function-after[_digest(), str]")]
+    if error["type"] != "extra_forbidden":  # an unknown key may be called `str`
+        loc = [p for p in loc if p not in ("str", "none", "function-after[_digest(), str]")]
     render = _MESSAGES.get(error["type"])
     message = render(error) if render else error["msg"]
     return f"{config_path(loc)}: {message}"
@@ -494,6 +576,7 @@ def cross_field_problems(spec: ClusterSpec) -> list[str]:
     problems += _roles(spec)
     problems += _workers_vs_gpus(spec)
     problems += _memory(spec)
+    problems += _cpus(spec)
     problems += _model_pins(spec)
     problems += _image_pins(spec)
     problems += _ports(spec)
@@ -553,6 +636,31 @@ def _memory(spec: ClusterSpec) -> list[str]:
                 f"on host {host.name!r}: it needs {needed} MB of limits and "
                 f"{int(HOST_MEMORY_RESERVE * 100)}% reserve ({usable} MB usable)"
             )
+    return problems
+
+
+def _cpus(spec: ClusterSpec) -> list[str]:
+    """Docker refuses a container whose CPU limit is above the host's CPU count."""
+    problems = []
+    r = spec.resources
+    for i, host in enumerate(spec.hosts):
+        placed: list[tuple[list[int | str], float]] = []
+        if host.is_head:
+            placed += [
+                (["resources", service, "cpus"], getattr(r, service).cpus)
+                for service in ("scheduler", "webui", "postgres", "redis")
+            ]
+        if host.is_worker:
+            placed.append((["resources", "ollama", "cpus"], r.ollama.cpus))
+            if spec.dask.threads_per_worker is not None:
+                # A worker's CPU limit is its thread count.
+                placed.append((["dask", "threadsPerWorker"], spec.dask.threads_per_worker))
+        for loc, cpus in placed:
+            if cpus > host.cpus:
+                problems.append(
+                    f"{config_path(loc)}: {cpus:g} CPUs exceed the {host.cpus} of host {host.name!r} "
+                    f"({config_path(['hosts', i, 'cpus'])}); Docker refuses a limit above the host's CPUs"
+                )
     return problems
 
 

@@ -7,15 +7,15 @@ from typing import Any
 
 import pulumi
 import pulumi_random as random
-from pulumi.runtime.config import CONFIG, get_config_env, get_config_secret_keys_env
 from pulumi.runtime.config import _SECRET_KEYS as SECRET_KEYS_VAR
+from pulumi.runtime.config import CONFIG, get_config_env, get_config_secret_keys_env
 
-from components.dask import DaskScheduler, DaskWorkerPool
+from components.dask import DaskScheduler, DaskSchedulerArgs, DaskWorkerPool
 from components.host import DockerHost
-from components.ollama import Ollama
+from components.ollama import ModelPinArgs, Ollama, OllamaArgs
 from components.postgres import Postgres
 from components.redis import Redis
-from components.webui import OpenWebUI
+from components.webui import OpenWebUI, OpenWebUIArgs
 from infra.config import ClusterSpec, ConfigError, HostSpec, load_spec
 
 
@@ -61,7 +61,7 @@ def build_cluster(spec: ClusterSpec, *, project: str, stack: str) -> Cluster:
     data_net = head.data_network.name if head.data_network is not None else head.network.name
     r = spec.resources
     # Only dev publishes service ports, and only on its loopback bind address.
-    publish = {} if spec.is_prod else {"publish_address": spec.bind_address}
+    publish = not spec.is_prod
 
     postgres = Postgres(
         "postgres",
@@ -89,24 +89,22 @@ def build_cluster(spec: ClusterSpec, *, project: str, stack: str) -> Cluster:
         },
         on_head,
     )
-    scheduler = DaskScheduler(
-        "dask-scheduler",
-        {
-            "image": spec.images.dask,
-            "network": head.network.name,
-            "port": spec.ports.scheduler,
-            "dashboard_port": spec.ports.dashboard,
-            "memory_mb": r.scheduler.memory_mb,
-            "cpus": r.scheduler.cpus,
-            "labels": {**labels, "cluster-ai.host": spec.head.name},
-            **publish,
-        },
-        on_head,
-    )
+    scheduler_args: DaskSchedulerArgs = {
+        "image": spec.images.dask,
+        "network": head.network.name,
+        "port": spec.ports.scheduler,
+        "dashboard_port": spec.ports.dashboard,
+        "memory_mb": r.scheduler.memory_mb,
+        "cpus": r.scheduler.cpus,
+        "labels": {**labels, "cluster-ai.host": spec.head.name},
+    }
+    if publish:
+        scheduler_args["publish_address"] = spec.bind_address
+    scheduler = DaskScheduler("dask-scheduler", scheduler_args, on_head)
 
     workers: dict[str, DaskWorkerPool] = {}
     ollamas: dict[str, Ollama] = {}
-    models = [{"name": m.name, "digest": m.digest} for m in spec.models]
+    models: list[ModelPinArgs] = [{"name": m.name, "digest": m.digest} for m in spec.models]
     for host in spec.worker_hosts:
         docker_host = hosts[host.name]
         on_host = pulumi.ResourceOptions(providers=[docker_host.provider])
@@ -127,44 +125,45 @@ def build_cluster(spec: ClusterSpec, *, project: str, stack: str) -> Cluster:
             },
             on_host,
         )
-        ollamas[host.name] = Ollama(
-            f"ollama-{host.name}",
-            {
-                "image": spec.images.ollama,
-                "network": docker_host.network.name,
-                "models": models,
-                "sync_image": spec.images.dask,
-                "memory_mb": r.ollama.memory_mb,
-                "cpus": r.ollama.cpus,
-                "protect": spec.is_prod,
-                "labels": host_labels,
-                "docker_host": host.docker_host,
-                **({"gpus": "all"} if host.gpus > 0 else {}),
-                **({"publish_address": spec.bind_address, "port": spec.ports.ollama} if publish else {}),
-            },
-            on_host,
-        )
+        ollama_args: OllamaArgs = {
+            "image": spec.images.ollama,
+            "network": docker_host.network.name,
+            "models": models,
+            "sync_image": spec.images.dask,
+            "memory_mb": r.ollama.memory_mb,
+            "cpus": r.ollama.cpus,
+            "protect": spec.is_prod,
+            "labels": host_labels,
+            "docker_host": host.docker_host,
+        }
+        if host.gpus > 0:
+            ollama_args["gpus"] = "all"
+        if publish:
+            ollama_args["publish_address"] = spec.bind_address
+            ollama_args["port"] = spec.ports.ollama
+        ollamas[host.name] = Ollama(f"ollama-{host.name}", ollama_args, on_host)
 
     admin_password = _admin_password(spec)
+    webui_args: OpenWebUIArgs = {
+        "image": spec.images.webui,
+        "networks": [head.network.name] + ([head.data_network.name] if head.data_network is not None else []),
+        "database_url": postgres.url,
+        "redis_url": redis.url,
+        "ollama_urls": [o.url for o in ollamas.values()],
+        "admin_email": spec.webui.admin_email,
+        "admin_name": spec.webui.admin_name,
+        "admin_password": admin_password,
+        "name": spec.webui.name,
+        "memory_mb": r.webui.memory_mb,
+        "cpus": r.webui.cpus,
+        "protect": spec.is_prod,
+        "labels": {**labels, "cluster-ai.host": spec.head.name},
+    }
+    if publish:
+        webui_args["publish_address"] = spec.bind_address
+        webui_args["publish_port"] = spec.ports.webui
     webui = OpenWebUI(
-        "webui",
-        {
-            "image": spec.images.webui,
-            "networks": [head.network.name] + ([head.data_network.name] if head.data_network is not None else []),
-            "database_url": postgres.url,
-            "redis_url": redis.url,
-            "ollama_urls": [o.url for o in ollamas.values()],
-            "admin_email": spec.webui.admin_email,
-            "admin_name": spec.webui.admin_name,
-            "admin_password": admin_password,
-            "name": spec.webui.name,
-            "memory_mb": r.webui.memory_mb,
-            "cpus": r.webui.cpus,
-            "protect": spec.is_prod,
-            "labels": {**labels, "cluster-ai.host": spec.head.name},
-            **({"publish_address": spec.bind_address, "publish_port": spec.ports.webui} if publish else {}),
-        },
-        pulumi.ResourceOptions(providers=[head.provider], depends_on=[postgres, redis]),
+        "webui", webui_args, pulumi.ResourceOptions(providers=[head.provider], depends_on=[postgres, redis])
     )
     return Cluster(hosts, scheduler, workers, ollamas, postgres, redis, webui, admin_password)
 

@@ -21,11 +21,11 @@ EXIT_NO_STACK = 6
 def _plan(args: argparse.Namespace) -> int:
     from infra.program import StackConfigError
     from stacks.plan import evaluate_stack, render_json, render_text
-    from stacks.stackfile import StackNotFound
+    from stacks.stackfile import StackNotFoundError
 
     try:
         evaluation = evaluate_stack(args.stack, root=args.root)
-    except StackNotFound as exc:
+    except StackNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_NO_STACK
     except StackConfigError as exc:

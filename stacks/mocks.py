@@ -121,33 +121,33 @@ class ClusterMocks(pulumi.runtime.Mocks):
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
         outputs = dict(args.inputs)
-        token, name = args.typ, args.name
-        if token == "docker:index/remoteImage:RemoteImage":
+        kind, name = args.typ, args.name
+        if kind == "docker:index/remoteImage:RemoteImage":
             outputs["imageId"] = "sha256:" + _fake_digest(str(args.inputs.get("name")))
             outputs["repoDigest"] = f"{str(args.inputs.get('name')).split('@')[0]}@sha256:{_fake_digest(name)}"
-        elif token == "docker:index/container:Container":
+        elif kind == "docker:index/container:Container":
             outputs.setdefault("name", name)
             outputs["exitCode"] = None
-        elif token == "docker:index/network:Network":
+        elif kind == "docker:index/network:Network":
             outputs.setdefault("name", name)
-        elif token == "docker:index/volume:Volume":
+        elif kind == "docker:index/volume:Volume":
             outputs.setdefault("name", name)
             outputs["mountpoint"] = f"/var/lib/docker/volumes/{name}/_data"
-        elif token in ("random:index/randomPassword:RandomPassword", "random:index/randomString:RandomString"):
+        elif kind in ("random:index/randomPassword:RandomPassword", "random:index/randomString:RandomString"):
             length = int(args.inputs.get("length", 32))
             outputs["result"] = ("mock" + _fake_digest(name))[:length]
-        elif token == "random:index/randomBytes:RandomBytes":
+        elif kind == "random:index/randomBytes:RandomBytes":
             outputs["hex"] = _fake_digest(name)
             outputs["base64"] = _fake_digest(name)
-        elif token == "tls:index/privateKey:PrivateKey":
+        elif kind == "tls:index/privateKey:PrivateKey":
             outputs["privateKeyPem"] = _pem("PRIVATE KEY", name)
             outputs["publicKeyPem"] = _pem("PUBLIC KEY", name)
             outputs["publicKeyOpenssh"] = f"ecdsa-sha2-nistp256 MOCK{_fake_digest(name)[:32]}"
-        elif token in ("tls:index/selfSignedCert:SelfSignedCert", "tls:index/locallySignedCert:LocallySignedCert"):
+        elif kind in ("tls:index/selfSignedCert:SelfSignedCert", "tls:index/locallySignedCert:LocallySignedCert"):
             outputs["certPem"] = _pem("CERTIFICATE", name)
-        elif token == "tls:index/certRequest:CertRequest":
+        elif kind == "tls:index/certRequest:CertRequest":
             outputs["certRequestPem"] = _pem("CERTIFICATE REQUEST", name)
-        elif token.startswith("command:"):
+        elif kind.startswith("command:"):
             outputs["stdout"] = ""
             outputs["stderr"] = ""
         return f"{name}-id", outputs
@@ -274,4 +274,3 @@ def _resolve_exports(loop: asyncio.AbstractEventLoop, root: Any) -> dict[str, An
         return resolved
 
     return loop.run_until_complete(resolve())
-

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 SECRET_PLACEHOLDER = "[secret]"
 
 
-class StackNotFound(Exception):
+class StackNotFoundError(Exception):
     """There is no Pulumi.<stack>.yaml."""
 
 
@@ -51,7 +51,7 @@ def read_stack_config(stack: str, root: Path = REPO) -> StackConfig:
     project = str(project_doc["name"])
     path = root / f"Pulumi.{stack}.yaml"
     if not path.is_file():
-        raise StackNotFound(f"no stack config {path.name} in {root}")
+        raise StackNotFoundError(f"no stack config {path.name} in {root}")
     config: dict[str, str] = {}
     for key, decl in (project_doc.get("config") or {}).items():
         full = key if ":" in key else f"{project}:{key}"
