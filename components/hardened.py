@@ -183,7 +183,7 @@ def hardened_container(
         wait_timeout=spec.healthcheck.start_period_s + spec.healthcheck.interval_s * (spec.healthcheck.retries + 1),
         log_driver="json-file",
         log_opts=LOG_OPTS,
-        labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in sorted(_labels(spec).items())],
+        labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in sorted(_labels(name, spec).items())],
         networks_advanced=[
             docker.ContainerNetworksAdvancedArgs(name=n.network, aliases=list(n.aliases) or None) for n in spec.networks
         ],
@@ -234,8 +234,15 @@ def _child(opts: pulumi.ResourceOptions) -> pulumi.ResourceOptions:
     return pulumi.ResourceOptions(parent=opts.parent, provider=opts.provider, depends_on=opts.depends_on)
 
 
-def _labels(spec: ServiceContainer) -> dict[str, str]:
-    return {**spec.labels, "cluster-ai.service": spec.service, "cluster-ai.managed-by": "pulumi"}
+def _labels(name: str, spec: ServiceContainer) -> dict[str, str]:
+    # `cluster-ai.container` is the resource name: Docker's container name gets a
+    # random suffix, so `stacks status` finds a declared container by this label.
+    return {
+        **spec.labels,
+        "cluster-ai.service": spec.service,
+        "cluster-ai.container": name,
+        "cluster-ai.managed-by": "pulumi",
+    }
 
 
 def _volume_labels(spec: ServiceContainer, kind: str) -> list[docker.VolumeLabelArgs]:
