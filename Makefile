@@ -11,7 +11,7 @@ STATE_DIR := $(CURDIR)/.pulumi-state
 PASSPHRASE_FILE := $(STATE_DIR)/passphrase
 PULUMI_ENV := PULUMI_BACKEND_URL=file://$(STATE_DIR) PULUMI_CONFIG_PASSPHRASE_FILE=$(PASSPHRASE_FILE) PULUMI_SKIP_UPDATE_CHECK=true
 
-.PHONY: up preview destroy check-tools stack-ready test test-unit plan lint bench deps env clean-venv
+.PHONY: up preview destroy check-tools stack-ready test test-unit plan lint bench deps env clean-venv policies-doc policies drift status lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,25 @@ test-unit: deps
 
 plan: deps
 	$(BIN)/python -m stacks plan $(STACK) $(ARGS)
+
+# Operating a deployed stack (docs/operations.md): drift exits 7 when live state
+# differs, status exits 1 when anything is not as declared, lock pins digests.
+drift: stack-ready
+	$(PULUMI_ENV) $(BIN)/python -m stacks drift $(STACK) $(ARGS)
+
+status: deps
+	$(BIN)/python -m stacks status $(STACK) $(ARGS)
+
+lock: deps
+	$(BIN)/python -m stacks lock $(STACK) $(ARGS)
+
+# Every policy's verdict on a stack, offline (exit 5 when a mandatory one is violated).
+policies: deps
+	$(BIN)/python -m stacks plan $(STACK) --policies $(ARGS)
+
+# docs/policies.md, generated from policies/ (a test keeps it in sync).
+policies-doc: deps
+	$(BIN)/python -m policies.catalogue
 
 lint: deps
 	$(BIN)/ruff check .

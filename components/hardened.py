@@ -21,13 +21,21 @@ import pulumi
 import pulumi_docker as docker
 
 SECRETS_DIR = "/run/secrets"
+# Plain (non-secret) config files a service reads, uploaded into a volume of their own.
+CONFIG_DIR = "/etc/cluster-ai"
+# Host paths no container gets, not even read-only: they are root on the host.
+FORBIDDEN_HOST_PATHS = ("/var/run", "/run", "/var/run/docker.sock", "/run/docker.sock", "/run/containerd")
 # Images without `*_FILE` support get their secret env vars from files through
 # this loader: the values never appear in `docker inspect` or in the env input.
 SECRET_ENV_PREFIX = "env."
 SECRET_ENV_LOADER = (
     'for f in /run/secrets/env.*; do [ -f "$f" ] || continue; export "${f##*/env.}=$(cat "$f")"; done; exec "$@"'
 )
-LOG_OPTS = {"max-size": "10m", "max-file": "3"}
+# `labels` makes the json-file driver write these container labels into every
+# log line (`attrs`): the log shipper names each line's service and container
+# from the file alone, with no access to the Docker socket.
+LOG_LABELS = ("cluster-ai.container", "cluster-ai.host", "cluster-ai.service")
+LOG_OPTS = {"max-size": "10m", "max-file": "3", "labels": ",".join(LOG_LABELS)}
 # CIS Docker Benchmark 5.15: restart on failure, at most five times.
 RESTART_POLICY = "on-failure"
 MAX_RESTARTS = 5
@@ -35,14 +43,19 @@ MAX_RESTARTS = 5
 
 @dataclass(frozen=True)
 class Publish:
-    """A published port. The address is required: Docker's default is 0.0.0.0."""
+    """A published port. The address is required: Docker's default is 0.0.0.0.
+
+    Only a port marked `public` (the TLS proxy's 443/80) may use the unspecified
+    address; every other one is bound to a host or loopback address.
+    """
 
     internal: int
     external: int
     address: str
+    public: bool = False
 
     def __post_init__(self) -> None:
-        if ipaddress.ip_address(self.address).is_unspecified:
+        if ipaddress.ip_address(self.address).is_unspecified and not self.public:
             raise ValueError(f"port {self.external}: refusing to publish on {self.address}")
 
 
@@ -64,6 +77,33 @@ class Mount:
     volume: pulumi.Input[str]
     target: str
     read_only: bool = False
+
+
+@dataclass(frozen=True)
+class HostPath:
+    """A host path mounted read-only: the narrow exception an exporter reporting on its host needs.
+
+    Always read-only; never the container engine's socket, nor a directory holding it
+    (a read-only mount does not stop `connect()` on a socket: that would be root on the host).
+    """
+
+    source: str
+    target: str
+    propagation: str | None = None
+    """`rslave` for the host's root, so filesystems mounted later are seen too."""
+
+    def __post_init__(self) -> None:
+        if not self.source.startswith("/") or not self.target.startswith("/"):
+            raise ValueError(f"host path {self.source} -> {self.target}: both must be absolute")
+        normalized = self.source.rstrip("/") or "/"
+        if normalized.endswith(".sock") or any(
+            normalized == p or normalized.startswith(p + "/") for p in FORBIDDEN_HOST_PATHS
+        ):
+            raise ValueError(
+                f"host path {self.source}: refusing to mount the container engine's socket or its directory"
+            )
+        if self.propagation not in (None, "rslave", "slave", "rprivate", "private"):
+            raise ValueError(f"host path {self.source}: propagation {self.propagation!r} could reach the host")
 
 
 @dataclass(frozen=True)
@@ -102,6 +142,12 @@ class ServiceContainer:
     read_only_root: bool = True
     cap_add: Sequence[str] = ()
     gpus: str | None = None
+    config_files: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+    """Path relative to CONFIG_DIR -> content: plain config, uploaded (0444) into a volume of its own."""
+    host_paths: Sequence[HostPath] = ()
+    """Host paths mounted read-only, for exporters that report on the host (each one an exception)."""
+    pid_mode: str | None = None
+    """`host` for an exporter that must see the host's processes; nothing else is accepted."""
     labels: Mapping[str, str] = field(default_factory=dict)
     stop_grace_s: int = 30
     wait_healthy: bool = True
@@ -117,6 +163,8 @@ def hardened_container(
     if not spec.networks:
         # Without a private network Docker would attach the default bridge.
         raise ValueError(f"{name}: a service container needs at least one private network")
+    if spec.pid_mode not in (None, "host"):
+        raise ValueError(f"{name}: pid_mode may only be 'host' (an exporter reading the host's processes)")
     image = docker.RemoteImage(
         f"{name}-image",
         name=spec.image,
@@ -137,6 +185,19 @@ def hardened_container(
         files = dict(spec.secret_files)
         files.update({SECRET_ENV_PREFIX + k: v for k, v in spec.secret_env.items()})
         uploads = [_secret_upload(file_name, content, spec.user) for file_name, content in sorted(files.items())]
+    if spec.config_files:
+        config = docker.Volume(
+            f"{name}-config",
+            labels=_volume_labels(spec, "config"),
+            opts=_child(opts),
+        )
+        mounts.append(Mount(volume=config.name, target=CONFIG_DIR))
+        uploads += [
+            docker.ContainerUploadArgs(
+                file=f"{CONFIG_DIR}/{path.lstrip('/')}", content=content, permissions="0444", owner="0", group="0"
+            )
+            for path, content in sorted(spec.config_files.items())
+        ]
 
     entrypoint = spec.entrypoint
     if spec.secret_env:
@@ -197,9 +258,20 @@ def hardened_container(
             for m in mounts
         ]
         + [docker.ContainerMountArgs(type="volume", target=path) for path in spec.scratch]
+        + [
+            docker.ContainerMountArgs(
+                type="bind",
+                source=h.source,
+                target=h.target,
+                read_only=True,
+                bind_options=docker.ContainerMountBindOptionsArgs(propagation=h.propagation) if h.propagation else None,
+            )
+            for h in spec.host_paths
+        ]
         or None,
         tmpfs=dict(spec.tmpfs) or None,
         gpus=spec.gpus,
+        pid_mode=spec.pid_mode,
         init=True,
         destroy_grace_seconds=spec.stop_grace_s,
         opts=container_opts,
@@ -226,6 +298,15 @@ def data_volume(
             pulumi.ResourceOptions(protect=protect, retain_on_delete=protect),
         ),
     )
+
+
+def child_options(component: pulumi.ComponentResource, opts: pulumi.ResourceOptions | None) -> pulumi.ResourceOptions:
+    """Options for a component's children: parented to it, and after what it depends on.
+
+    Pulumi does not hand a component's `depends_on` down to its children, so a
+    container would not wait for its host's bootstrap without this.
+    """
+    return pulumi.ResourceOptions(parent=component, depends_on=opts.depends_on if opts is not None else None)
 
 
 def _child(opts: pulumi.ResourceOptions) -> pulumi.ResourceOptions:

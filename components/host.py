@@ -7,6 +7,34 @@ from typing import NotRequired, TypedDict
 import pulumi
 import pulumi_docker as docker
 
+from components.bootstrap import HostBootstrap, HostBootstrapArgs
+
+
+def known_hosts_line(address: str, port: int, host_key: str) -> str:
+    """The known_hosts entry for a pinned key (`[address]:port` off port 22)."""
+    return f"{address if port == 22 else f'[{address}]:{port}'} {host_key}"
+
+
+def ssh_options(address: str, port: int, host_key: str, private_key_path: str) -> list[str]:
+    """`ssh` options that check the host key against the pinned one and nothing else.
+
+    The key is handed to ssh by KnownHostsCommand (OpenSSH 8.5+), so no
+    known_hosts file on the machine running Pulumi is read or written; strict
+    checking refuses any host whose key differs.
+    """
+    return [
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", "UserKnownHostsFile=/dev/null",
+        "-o", "GlobalKnownHostsFile=/dev/null",
+        "-o", f"KnownHostsCommand=/bin/echo {known_hosts_line(address, port, host_key)}",
+        "-o", "BatchMode=yes",
+        "-o", "IdentitiesOnly=yes",
+        "-o", "ConnectTimeout=15",
+        "-o", "ServerAliveInterval=30",
+        "-i", private_key_path,
+        "-p", str(port),
+    ]  # fmt: skip
+
 
 class DockerHostArgs(TypedDict):
     """How to reach a host's Docker engine, and what to label its resources with."""
@@ -17,6 +45,10 @@ class DockerHostArgs(TypedDict):
     """Labels every network on the host carries (stack, project)."""
     data_network: NotRequired[bool]
     """Also create an internal network (no route out) for the data services."""
+    ssh_opts: NotRequired[list[str]]
+    """For an `ssh://` endpoint: the `ssh` client options, host key pinned (see `ssh_options`)."""
+    bootstrap: NotRequired[HostBootstrapArgs]
+    """For a remote host: check it and install its firewall before anything lands on it."""
 
 
 class DockerHost(pulumi.ComponentResource):
@@ -32,18 +64,28 @@ class DockerHost(pulumi.ComponentResource):
     """The host's private network: services and their DNS aliases live here."""
     data_network: docker.Network | None
     """An internal network without egress for PostgreSQL and Redis (head only)."""
+    bootstrap: HostBootstrap | None
+    """The remote host's checks and firewall; services on the host wait for it."""
 
     def __init__(self, name: str, args: DockerHostArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("cluster-ai:index:DockerHost", name, {}, opts)
         self.provider = docker.Provider(
             f"{name}-docker",
             host=args["docker_host"],
+            ssh_opts=args.get("ssh_opts"),
             opts=pulumi.ResourceOptions(parent=self),
         )
+        self.bootstrap = None
+        if "bootstrap" in args:
+            self.bootstrap = HostBootstrap(f"{name}-bootstrap", args["bootstrap"], pulumi.ResourceOptions(parent=self))
         child = pulumi.ResourceOptions(parent=self, provider=self.provider)
         labels = [docker.NetworkLabelArgs(label=k, value=v) for k, v in sorted(args["labels"].items())]
+        # Names fixed from the stack and host (not auto-named): they are known at
+        # preview, so commands that name the network (the model sync) are too.
+        stack = args["labels"].get("cluster-ai.stack", "stack")
         self.network = docker.Network(
             f"{name}-net",
+            name=f"cluster-ai-{stack}-{name}",
             driver="bridge",
             labels=labels,
             opts=child,
@@ -52,6 +94,7 @@ class DockerHost(pulumi.ComponentResource):
         if args.get("data_network", False):
             self.data_network = docker.Network(
                 f"{name}-data",
+                name=f"cluster-ai-{stack}-{name}-data",
                 driver="bridge",
                 # Databases need no route out of the host: nothing can leave from here.
                 internal=True,

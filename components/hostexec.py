@@ -13,6 +13,7 @@ def host_command(
     name: str,
     *,
     create: pulumi.Input[str],
+    delete: pulumi.Input[str] | None = None,
     stdin: pulumi.Input[str] | None = None,
     triggers: Sequence[Any] = (),
     connection: remote.ConnectionArgs | None = None,
@@ -29,6 +30,7 @@ def host_command(
             name,
             connection=connection,
             create=create,
+            delete=delete,
             stdin=stdin,
             triggers=list(triggers),
             opts=opts,
@@ -36,6 +38,7 @@ def host_command(
     return local.Command(
         name,
         create=create,
+        delete=delete,
         stdin=stdin,
         triggers=list(triggers),
         environment={"DOCKER_HOST": docker_host} if docker_host else None,

@@ -17,6 +17,7 @@ from components.hardened import (
     NetworkAttachment,
     Publish,
     ServiceContainer,
+    child_options,
     data_volume,
     hardened_container,
 )
@@ -99,7 +100,7 @@ class Ollama(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: OllamaArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("cluster-ai:index:Ollama", name, {}, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        child = child_options(self, opts)
         port = args.get("port", PORT)
         volume = data_volume(f"{name}-models", "ollama", protect=args["protect"], labels=args["labels"], opts=child)
         publish = [Publish(PORT, port, args["publish_address"])] if "publish_address" in args else []
@@ -140,7 +141,9 @@ class Ollama(pulumi.ComponentResource):
             triggers=[self.container.id, volume.name],
             connection=args.get("connection"),
             docker_host=args.get("docker_host"),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.container]),
+            opts=pulumi.ResourceOptions.merge(
+                child_options(self, opts), pulumi.ResourceOptions(depends_on=[self.container])
+            ),
         )
         self.url = f"http://{ALIAS}:{PORT}"
         self.models = self.sync.stdout.apply(parse_sync_summary)

@@ -7,7 +7,15 @@ from typing import NotRequired, TypedDict
 import pulumi
 import pulumi_random as random
 
-from components.hardened import Healthcheck, Mount, NetworkAttachment, ServiceContainer, data_volume, hardened_container
+from components.hardened import (
+    Healthcheck,
+    Mount,
+    NetworkAttachment,
+    ServiceContainer,
+    child_options,
+    data_volume,
+    hardened_container,
+)
 
 PORT = 5432
 # The official image's `postgres` user: it owns PGDATA in the image, so a fresh
@@ -47,7 +55,7 @@ class Postgres(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: PostgresArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("cluster-ai:index:Postgres", name, {}, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        child = child_options(self, opts)
         generated = random.RandomPassword(f"{name}-password", length=32, special=False, opts=child)
         # The mock engine (and older providers) do not mark `result` secret: do it here.
         self.password = pulumi.Output.secret(generated.result)

@@ -7,7 +7,15 @@ from typing import TypedDict
 import pulumi
 import pulumi_random as random
 
-from components.hardened import Healthcheck, Mount, NetworkAttachment, ServiceContainer, data_volume, hardened_container
+from components.hardened import (
+    Healthcheck,
+    Mount,
+    NetworkAttachment,
+    ServiceContainer,
+    child_options,
+    data_volume,
+    hardened_container,
+)
 
 PORT = 6379
 # The official image's `redis` user owns /data in the image.
@@ -61,7 +69,7 @@ class Redis(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: RedisArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("cluster-ai:index:Redis", name, {}, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        child = child_options(self, opts)
         generated = random.RandomPassword(f"{name}-password", length=32, special=False, opts=child)
         self.password = pulumi.Output.secret(generated.result)
         volume = data_volume(f"{name}-data", "redis", protect=args["protect"], labels=args["labels"], opts=child)

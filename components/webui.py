@@ -14,6 +14,7 @@ from components.hardened import (
     NetworkAttachment,
     Publish,
     ServiceContainer,
+    child_options,
     data_volume,
     hardened_container,
 )
@@ -61,7 +62,7 @@ class OpenWebUI(pulumi.ComponentResource):
         super().__init__("cluster-ai:index:OpenWebUI", name, {}, opts)
         if not args["ollama_urls"]:
             raise ValueError(f"{name}: ollama_urls must list at least one Ollama")
-        child = pulumi.ResourceOptions(parent=self)
+        child = child_options(self, opts)
         key = random.RandomPassword(f"{name}-secret-key", length=48, special=False, opts=child)
         self.secret_key = pulumi.Output.secret(key.result)
         volume = data_volume(f"{name}-data", "webui", protect=args["protect"], labels=args["labels"], opts=child)

@@ -87,6 +87,9 @@ DNS_NAME = re.compile(
 )
 EMAIL = r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,253}$"
 DOCKER_SOCKET = r"^unix:///[A-Za-z0-9._/-]+$"
+LOCAL_DOCKER = "unix:///var/run/docker.sock"
+# A known_hosts key: type and base64 blob (what `ssh-keyscan` prints after the host).
+HOST_KEY = r"^(ssh-ed25519|ecdsa-sha2-nistp(256|384|521)|ssh-rsa|rsa-sha2-(256|512)) [A-Za-z0-9+/]{40,}={0,2}$"
 
 Port = Annotated[int, Field(ge=1024, le=65535)]
 
@@ -142,15 +145,42 @@ class Images(_Model):
     webui: str = "ghcr.io/open-webui/open-webui:v0.6.5"
     postgres: str = "postgres:16.6-bookworm"
     redis: str = "redis:7.4.1-bookworm"
+    caddy: str = "caddy:2.8.4"
+    """The public proxy, the per-host TLS edges and the head's egress."""
+    dask_gpu: str | None = None
+    """GPU workers' image (CUDA, dask-cuda) at `dask.version`; defaults to `dask`."""
+    # Monitoring (components/monitoring.py): the head's Prometheus, Alertmanager,
+    # Grafana, Loki and probes; every host's exporters and log shipper.
+    prometheus: str = "prom/prometheus:v3.5.0"
+    alertmanager: str = "prom/alertmanager:v0.28.1"
+    grafana: str = "grafana/grafana:12.3.1"
+    loki: str = "grafana/loki:3.7.6"
+    """3.7 has `loki -health`, the only healthcheck its distroless image can run."""
+    alloy: str = "grafana/alloy:v1.19.2"
+    """The log shipper on every host (Promtail's successor)."""
+    node_exporter: str = "prom/node-exporter:v1.9.1"
+    cadvisor: str = "gcr.io/cadvisor/cadvisor:v0.52.1"
+    dcgm_exporter: str = "nvcr.io/nvidia/k8s/dcgm-exporter:4.4.1-4.6.0-ubuntu22.04"
+    """GPU hosts only; the Ubuntu variant has the bash its healthcheck uses."""
+    postgres_exporter: str = "quay.io/prometheuscommunity/postgres-exporter:v0.17.1"
+    redis_exporter: str = "oliver006/redis_exporter:v1.74.0-alpine"
+    """The alpine variant: the default image is FROM scratch, with nothing to run a healthcheck."""
+    blackbox_exporter: str = "prom/blackbox-exporter:v0.27.0"
 
     @field_validator("*")
     @classmethod
-    def _pinned(cls, value: str) -> str:
-        return _validate_image(value)
+    def _pinned(cls, value: str | None) -> str | None:
+        return None if value is None else _validate_image(value)
+
+    @property
+    def gpu_worker(self) -> str:
+        return self.dask_gpu or self.dask
 
     def items(self) -> list[tuple[str, str]]:
-        """(service, reference) pairs, in declaration order."""
-        return [(name, getattr(self, name)) for name in type(self).model_fields]
+        """(config key, reference) pairs of the images set, in declaration order."""
+        return [
+            (to_camel(name), getattr(self, name)) for name in type(self).model_fields if getattr(self, name) is not None
+        ]
 
 
 class ServiceLimit(_Model):
@@ -172,6 +202,30 @@ class Resources(_Model):
     postgres: ServiceLimit = _limit(512, 1)
     redis: ServiceLimit = _limit(256, 0.5)
     ollama: ServiceLimit = _limit(3072, 2)
+    # Monitoring on the head.
+    prometheus: ServiceLimit = _limit(1024, 1)
+    alertmanager: ServiceLimit = _limit(128, 0.25)
+    grafana: ServiceLimit = _limit(384, 0.5)
+    loki: ServiceLimit = _limit(512, 0.5)
+    blackbox_exporter: ServiceLimit = _limit(64, 0.25)
+    postgres_exporter: ServiceLimit = _limit(64, 0.25)
+    redis_exporter: ServiceLimit = _limit(64, 0.25)
+    # Monitoring on every host (DCGM on GPU hosts only).
+    node_exporter: ServiceLimit = _limit(128, 0.25)
+    cadvisor: ServiceLimit = _limit(256, 0.5)
+    alloy: ServiceLimit = _limit(256, 0.5)
+    dcgm_exporter: ServiceLimit = _limit(512, 0.5)
+
+
+class SshSpec(_Model):
+    """How to reach a remote host: key-only SSH, its host key pinned."""
+
+    user: str = Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+    port: int = Field(default=22, ge=1, le=65535)
+    private_key_path: str = Field(pattern=r"^[A-Za-z0-9_./~+@-]{1,255}$")
+    """The key on the machine that runs Pulumi (`~` is expanded)."""
+    host_key: str = Field(pattern=HOST_KEY)
+    """The host's public key, as in known_hosts: `ssh-ed25519 AAAA...`."""
 
 
 class HostSpec(_Model):
@@ -181,8 +235,10 @@ class HostSpec(_Model):
     address: str
     """How the cluster reaches the host: an IP address or a DNS name."""
     roles: tuple[Role, ...] = Field(min_length=1)
-    docker_host: str = Field(default="unix:///var/run/docker.sock", pattern=DOCKER_SOCKET)
-    """The Docker endpoint of a local host."""
+    docker_host: str | None = Field(default=None, pattern=DOCKER_SOCKET)
+    """The Docker endpoint of a local host (`unix:///var/run/docker.sock` when unset)."""
+    ssh: SshSpec | None = None
+    """Set for a remote host: Docker, bootstrap and model sync all go over SSH."""
     cpus: int = Field(ge=1, le=1024)
     memory_gb: float = Field(gt=0, le=65536)
     gpus: int = Field(default=0, ge=0, le=64)
@@ -211,6 +267,17 @@ class HostSpec(_Model):
         if len(set(value)) != len(value):
             raise ValueError("lists a role twice")
         return value
+
+    @property
+    def is_remote(self) -> bool:
+        return self.ssh is not None
+
+    @property
+    def docker_url(self) -> str:
+        """The Docker endpoint the host's provider uses."""
+        if self.ssh is not None:
+            return f"ssh://{self.ssh.user}@{self.address}:{self.ssh.port}"
+        return self.docker_host or LOCAL_DOCKER
 
     @property
     def is_head(self) -> bool:
@@ -258,6 +325,12 @@ class Ports(_Model):
     scheduler: Port = 8786
     dashboard: Port = 8787
     ollama: Port = 11434
+    edge: Port = 8443
+    """Each remote worker host's TLS edge (client certificates required)."""
+    worker_base: Port = 8790
+    grafana: Port = 3001
+    """Grafana on the loopback bind address (dev); prod reaches it through the proxy at /grafana."""
+    """Remote Dask workers listen on worker_base, worker_base+1, ... of their host."""
 
 
 class DaskSpec(_Model):
@@ -283,6 +356,163 @@ class PostgresSpec(_Model):
     user: str = Field(default="openwebui", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
 
 
+class BackupSpec(_Model):
+    """Scheduled `pg_dump` of Open WebUI's database to a backup volume on the head."""
+
+    enabled: bool = True
+    interval_hours: int = Field(default=24, ge=1, le=168)
+    """How often a dump is taken; `stacks status` calls a backup older than two intervals stale."""
+    keep_days: int = Field(default=14, ge=1, le=3650)
+    """Dumps older than this are deleted (the newest one always stays)."""
+    keep_count: int = Field(default=14, ge=1, le=1000)
+    """At most this many dumps are kept."""
+
+
+class TlsMode(StrEnum):
+    """Where the public proxy's certificate comes from."""
+
+    ACME = "acme"
+    INTERNAL = "internal"
+
+
+class ProxySpec(_Model):
+    """The public entry: Caddy on the head, 443 (and 80 for the redirect)."""
+
+    domain: str
+    """The name users reach the cluster at."""
+    tls: TlsMode = TlsMode.INTERNAL
+    """`acme` for a public domain (Let's Encrypt), `internal` for the cluster's CA."""
+    acme_email: str | None = Field(default=None, pattern=EMAIL)
+    listen_address: str | None = None
+    """The head address 443/80 are published on (default: the head's address)."""
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        if DNS_NAME.fullmatch(value) is None or value.rsplit(".", 1)[-1].isdigit():
+            raise ValueError("must be a DNS name")
+        return value
+
+    @field_validator("listen_address")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError("must be an IP address") from None
+        return value
+
+
+class FirewallSpec(_Model):
+    """Who may reach the hosts besides the cluster itself."""
+
+    admin_networks: tuple[str, ...] = ()
+    """CIDRs SSH is admitted from (required in prod)."""
+
+    @field_validator("admin_networks")
+    @classmethod
+    def _cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for cidr in value:
+            try:
+                network = ipaddress.ip_network(cidr, strict=True)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not a network in CIDR form (e.g. 198.51.100.0/24)") from None
+            if network.prefixlen == 0:
+                raise ValueError(f"{cidr!r} admits the whole internet")
+        return value
+
+
+class Curve(StrEnum):
+    P256 = "P256"
+    P384 = "P384"
+
+
+class TlsSpec(_Model):
+    """The internal CA that authenticates every hop between hosts."""
+
+    curve: Curve = Curve.P256
+    ca_validity_days: int = Field(default=3650, ge=30, le=7300)
+    cert_validity_days: int = Field(default=365, ge=7, le=825)
+    early_renewal_days: int = Field(default=30, ge=1, le=365)
+
+
+class AlertThresholds(_Model):
+    """When the alert rules fire (components/monitoring_config.py `alert_rules`)."""
+
+    gpu_temperature_c: int = Field(default=85, ge=40, le=120)
+    """A GPU hotter than this for 5 minutes."""
+    gpu_memory_percent: int = Field(default=95, ge=50, le=100)
+    """A GPU whose framebuffer is fuller than this for 5 minutes is out of memory."""
+    disk_free_percent: int = Field(default=10, ge=1, le=90)
+    """A host filesystem with less free space than this."""
+    cert_expiry_days: int = Field(default=14, ge=1, le=365)
+    """A certificate a probe sees that expires sooner than this."""
+    backup_max_age_hours: int | None = Field(default=None, ge=1, le=8760)
+    """The last PostgreSQL backup older than this; defaults to two backup intervals."""
+
+
+class SmtpSpec(_Model):
+    """Alert email through an SMTP relay; the password is the secret `smtpPassword`."""
+
+    host: str
+    port: int = Field(default=587, ge=1, le=65535)
+    sender: str = Field(alias="from", pattern=EMAIL)
+    to: tuple[Annotated[str, Field(pattern=EMAIL)], ...] = Field(min_length=1, max_length=50)
+    user: str | None = Field(default=None, pattern=r"^[^\s]{1,256}$")
+    """Set when the relay needs a login; then `smtpPassword` is required."""
+    require_tls: bool = True
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if not _is_ip(value) and (DNS_NAME.fullmatch(value) is None or value.rsplit(".", 1)[-1].isdigit()):
+            raise ValueError("must be an IP address or a DNS name")
+        return value
+
+
+class SlackSpec(_Model):
+    """Alerts to a Slack channel; the webhook URL is the secret `slackWebhookUrl`."""
+
+    channel: str = Field(pattern=r"^#[a-z0-9][a-z0-9._-]{0,79}$")
+
+
+class MonitoringSpec(_Model):
+    """Prometheus, Alertmanager, Grafana and Loki on the head; exporters and a log shipper on every host."""
+
+    enabled: bool = True
+    retention_days: int = Field(default=15, ge=1, le=3650)
+    """How long Prometheus keeps metrics."""
+    storage_gb: int = Field(default=20, ge=1, le=100_000)
+    """The most Prometheus keeps on its volume; the oldest data goes first."""
+    scrape_interval_s: int = Field(default=30, ge=5, le=300)
+    """How often targets are scraped and rules evaluated."""
+    log_retention_days: int = Field(default=14, ge=1, le=3650)
+    """How long Loki keeps logs."""
+    thresholds: AlertThresholds = AlertThresholds()
+    smtp: SmtpSpec | None = None
+    slack: SlackSpec | None = None
+
+    @property
+    def has_receiver(self) -> bool:
+        return self.smtp is not None or self.slack is not None
+
+
+# Resource-limit keys of the monitoring containers, by where they run.
+HEAD_MONITORING = (
+    "prometheus",
+    "alertmanager",
+    "grafana",
+    "loki",
+    "blackbox_exporter",
+    "postgres_exporter",
+    "redis_exporter",
+)
+HOST_MONITORING = ("node_exporter", "cadvisor", "alloy")
+GPU_MONITORING = ("dcgm_exporter",)
+
+
 class ClusterSpec(_Model):
     """The whole stack config, validated once."""
 
@@ -296,9 +526,19 @@ class ClusterSpec(_Model):
     dask: DaskSpec = DaskSpec()
     webui: WebUISpec = WebUISpec()
     postgres: PostgresSpec = PostgresSpec()
+    backups: BackupSpec = BackupSpec()
+    monitoring: MonitoringSpec = MonitoringSpec()
     resources: Resources = Resources()
+    proxy: ProxySpec | None = None
+    """The public TLS proxy (required in prod)."""
+    firewall: FirewallSpec = FirewallSpec()
+    tls: TlsSpec = TlsSpec()
     admin_password: SecretStr | None = None
     """Open WebUI's admin password; generated (and exported as a secret) when unset."""
+    smtp_password: SecretStr | None = None
+    """The SMTP relay's password for alert email (with `monitoring.smtp.user`)."""
+    slack_webhook_url: SecretStr | None = None
+    """The Slack incoming-webhook URL alerts are posted to (with `monitoring.slack`)."""
 
     @field_validator("bind_address")
     @classmethod
@@ -322,6 +562,20 @@ class ClusterSpec(_Model):
         return next(h for h in self.hosts if h.is_head)
 
     @property
+    def proxy_address(self) -> str | None:
+        """Where the proxy publishes 443/80: its listenAddress, else the head's address."""
+        if self.proxy is None:
+            return None
+        return self.proxy.listen_address or self.head.address
+
+    @property
+    def tls_enabled(self) -> bool:
+        """Hops between hosts are encrypted and authenticated with the internal CA:
+        on in prod and in any stack of more than one host; a one-host dev stack
+        keeps everything on its private networks and loopback."""
+        return self.is_prod or len(self.hosts) > 1 or any(h.is_remote for h in self.hosts)
+
+    @property
     def worker_hosts(self) -> tuple[HostSpec, ...]:
         return tuple(h for h in self.hosts if h.is_worker)
 
@@ -340,11 +594,40 @@ class ClusterSpec(_Model):
             return self.dask.threads_per_worker
         return max(1, host.cpus // max(1, host.worker_count))
 
+    def monitoring_services(self, host: HostSpec) -> tuple[str, ...]:
+        """The `resources` keys of the monitoring containers placed on `host`."""
+        if not self.monitoring.enabled:
+            return ()
+        placed: tuple[str, ...] = HEAD_MONITORING if host.is_head else ()
+        placed += HOST_MONITORING
+        if host.gpus > 0:
+            placed += GPU_MONITORING
+        return placed
+
+    @property
+    def declared_workers(self) -> int:
+        """Every Dask worker the stack declares, on all hosts."""
+        return sum(h.worker_count for h in self.hosts)
+
+    @property
+    def backup_max_age_hours(self) -> int:
+        """When the last backup is too old: the threshold, or two backup intervals."""
+        configured = self.monitoring.thresholds.backup_max_age_hours
+        return configured if configured is not None else 2 * self.backups.interval_hours
+
     @property
     def dask_image_version(self) -> str | None:
         tag = parse_image(self.images.dask).tag or ""
         match = re.match(r"^(\d{4}\.\d{1,2}\.\d{1,3})(?:-|$)", tag)
         return match[1] if match else None
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _usable_memory_mb(host: HostSpec) -> int:
@@ -358,6 +641,7 @@ def _service_memory_mb(spec: ClusterSpec, host: HostSpec) -> int:
         total += r.scheduler.memory_mb + r.webui.memory_mb + r.postgres.memory_mb + r.redis.memory_mb
     if host.is_worker:
         total += r.ollama.memory_mb
+    total += sum(getattr(r, service).memory_mb for service in spec.monitoring_services(host))
     return total
 
 
@@ -580,6 +864,9 @@ def cross_field_problems(spec: ClusterSpec) -> list[str]:
     problems += _model_pins(spec)
     problems += _image_pins(spec)
     problems += _ports(spec)
+    problems += _remote_hosts(spec)
+    problems += _prod_entry(spec)
+    problems += _alert_receivers(spec)
     return problems
 
 
@@ -655,6 +942,10 @@ def _cpus(spec: ClusterSpec) -> list[str]:
             if spec.dask.threads_per_worker is not None:
                 # A worker's CPU limit is its thread count.
                 placed.append((["dask", "threadsPerWorker"], spec.dask.threads_per_worker))
+        placed += [
+            (["resources", to_camel(service), "cpus"], getattr(r, service).cpus)
+            for service in spec.monitoring_services(host)
+        ]
         for loc, cpus in placed:
             if cpus > host.cpus:
                 problems.append(
@@ -707,9 +998,94 @@ def _image_pins(spec: ClusterSpec) -> list[str]:
 
 
 def _ports(spec: ClusterSpec) -> list[str]:
-    counts = Counter(spec.ports.model_dump().values())
-    return [
+    ports = spec.ports.model_dump()
+    counts = Counter(ports.values())
+    problems = [
         f"{config_path(['ports', to_camel(name)])}: port {port} is used by more than one service"
-        for name, port in spec.ports.model_dump().items()
+        for name, port in ports.items()
         if counts[port] > 1
     ]
+    most_workers = max((h.worker_count for h in spec.hosts), default=0)
+    base = spec.ports.worker_base
+    last = base + max(most_workers, 1) - 1
+    if last > 65535:
+        problems.append(
+            f"{config_path(['ports', 'workerBase'])}: {most_workers} workers from {base} run past port 65535"
+        )
+    for name, port in ports.items():
+        if name != "worker_base" and base < port <= last:
+            problems.append(
+                f"{config_path(['ports', 'workerBase'])}: the worker ports {base}-{last} overlap "
+                f"{config_path(['ports', to_camel(name)])} ({port})"
+            )
+    return problems
+
+
+def _remote_hosts(spec: ClusterSpec) -> list[str]:
+    problems = []
+    for i, host in enumerate(spec.hosts):
+        if spec.tls_enabled and not _is_ip(host.address):
+            problems.append(
+                f"{config_path(['hosts', i, 'address'])}: {_show(host.address)} must be an IP address in a "
+                "multi-host stack: the host's published ports are bound to it, and Docker binds only to addresses"
+            )
+        if host.ssh is not None and host.docker_host is not None:
+            problems.append(
+                f"{config_path(['hosts', i, 'dockerHost'])}: a host reached over SSH uses "
+                f"ssh://{host.ssh.user}@{host.address}; remove dockerHost"
+            )
+        if spec.is_prod and host.ssh is None:
+            problems.append(
+                f"{config_path(['hosts', i, 'ssh'])}: prod reaches every host over SSH with its host key pinned; "
+                "set user, privateKeyPath and hostKey (`ssh-keyscan -t ed25519 <address>`)"
+            )
+    return problems
+
+
+def _prod_entry(spec: ClusterSpec) -> list[str]:
+    problems = []
+    if spec.is_prod and spec.proxy is None:
+        problems.append(f"{NAMESPACE}:proxy: prod needs its public entry: set domain (and tls: acme|internal)")
+    if spec.proxy is not None and spec.proxy.tls is TlsMode.ACME and spec.proxy.acme_email is None:
+        problems.append(f"{config_path(['proxy', 'acmeEmail'])}: ACME needs an email for the account")
+    if spec.is_prod and not spec.firewall.admin_networks:
+        problems.append(
+            f"{config_path(['firewall', 'adminNetworks'])}: prod admits SSH only from admin networks; list at least one CIDR"
+        )
+    listen = spec.proxy.listen_address if spec.proxy is not None else None
+    if spec.is_prod and listen is not None and ipaddress.ip_address(listen).is_loopback:
+        problems.append(f"{config_path(['proxy', 'listenAddress'])}: a loopback address makes the proxy unreachable")
+    return problems
+
+
+def _alert_receivers(spec: ClusterSpec) -> list[str]:
+    """A receiver needs its secret, a secret needs its receiver, and prod needs a receiver."""
+    problems = []
+    monitoring = spec.monitoring
+    smtp_user = monitoring.smtp.user if monitoring.smtp is not None else None
+    if smtp_user is not None and spec.smtp_password is None:
+        problems.append(
+            f"{NAMESPACE}:smtpPassword: is required because {config_path(['monitoring', 'smtp', 'user'])} is set; "
+            "set it with `pulumi config set --secret smtpPassword <password>`"
+        )
+    if spec.smtp_password is not None and smtp_user is None:
+        problems.append(
+            f"{NAMESPACE}:smtpPassword: is set but {config_path(['monitoring', 'smtp', 'user'])} is not: "
+            "set the SMTP login, or remove the password (`pulumi config rm smtpPassword`)"
+        )
+    if monitoring.slack is not None and spec.slack_webhook_url is None:
+        problems.append(
+            f"{NAMESPACE}:slackWebhookUrl: is required because {config_path(['monitoring', 'slack'])} is set; "
+            "set it with `pulumi config set --secret slackWebhookUrl https://hooks.slack.com/services/...`"
+        )
+    if spec.slack_webhook_url is not None and monitoring.slack is None:
+        problems.append(
+            f"{NAMESPACE}:slackWebhookUrl: is set but {config_path(['monitoring', 'slack'])} is not: "
+            "set monitoring.slack.channel, or remove the URL (`pulumi config rm slackWebhookUrl`)"
+        )
+    if spec.is_prod and monitoring.enabled and not monitoring.has_receiver:
+        problems.append(
+            f"{config_path(['monitoring'])}: prod must route alerts somewhere: set monitoring.smtp "
+            "(host, from, to) and/or monitoring.slack (channel, with the secret slackWebhookUrl)"
+        )
+    return problems

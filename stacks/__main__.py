@@ -1,8 +1,13 @@
 """`python -m stacks`: stack operations.
 
     python -m stacks plan STACK [--json]    the offline plan (no CLI, backend or Docker)
+        [--policies [--policy-config FILE]]  ... and every policy's verdict on it
+    python -m stacks preview|up|destroy STACK, drift STACK   through the Automation API
+    python -m stacks status STACK [--json]  live health of a deployed stack
+    python -m stacks lock STACK [--update]  pin image and model digests in Pulumi.STACK.yaml
 
-Exit codes follow the Pulumi CLI's: 0 ok, 2 config error, 6 no such stack.
+Exit codes follow the Pulumi CLI's: 0 ok, 2 config error, 5 a mandatory policy is violated,
+6 no such stack, 7 drift.
 """
 
 from __future__ import annotations
@@ -10,11 +15,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from stacks.stackfile import REPO
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
+EXIT_POLICY = 5
 EXIT_NO_STACK = 6
 
 
@@ -31,8 +38,37 @@ def _plan(args: argparse.Namespace) -> int:
     except StackConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    print(render_json(evaluation) if args.json else render_text(evaluation))
-    return EXIT_OK
+    if not args.policies:
+        print(render_json(evaluation) if args.json else render_text(evaluation))
+        return EXIT_OK
+    return _policies(args, evaluation)
+
+
+def _policies(args: argparse.Namespace, evaluation: Any) -> int:
+    """The plan, then every policy's verdict on it; exit 5 when a mandatory one is violated."""
+    import json
+
+    from policies.harness import PolicyConfig, PolicyConfigError
+    from stacks.plan import render_json, render_text
+    from stacks.policy_check import check
+    from stacks.policy_check import render_json as report_json
+    from stacks.policy_check import render_text as report_text
+
+    try:
+        config = PolicyConfig.load(args.policy_config) if args.policy_config is not None else None
+    except PolicyConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    report = check(evaluation, config)
+    if args.json:
+        document = json.loads(render_json(evaluation))
+        document["policies"] = report_json(report)
+        print(json.dumps(document, indent=2, default=str))
+    else:
+        print(render_text(evaluation))
+        print()
+        print(report_text(report))
+    return EXIT_POLICY if report.mandatory_failed else EXIT_OK
 
 
 def parser() -> argparse.ArgumentParser:
@@ -42,12 +78,30 @@ def parser() -> argparse.ArgumentParser:
     plan.add_argument("stack", help="stack name: reads Pulumi.STACK.yaml")
     plan.add_argument("--json", action="store_true", help="print a JSON document instead of a tree")
     plan.add_argument(
+        "--policies",
+        action="store_true",
+        help="also run the policy pack (policies/) on the plan; exit 5 when a mandatory policy is violated",
+    )
+    plan.add_argument(
+        "--policy-config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="policy config JSON, as `pulumi preview --policy-pack-config` takes it",
+    )
+    plan.add_argument(
         "--root",
         type=Path,
         default=REPO,
         help="directory holding Pulumi.yaml and the stack files (default: this repository)",
     )
     plan.set_defaults(func=_plan)
+    # Operations on deployed stacks (issue 6): preview/up/destroy/drift, status, lock.
+    from stacks import automation, lock, status
+
+    automation.add_commands(sub)
+    status.add_command(sub)
+    lock.add_command(sub)
     return top
 
 

@@ -136,6 +136,7 @@ class ClusterMocks(pulumi.runtime.Mocks):
         elif kind in ("random:index/randomPassword:RandomPassword", "random:index/randomString:RandomString"):
             length = int(args.inputs.get("length", 32))
             outputs["result"] = ("mock" + _fake_digest(name))[:length]
+            outputs["bcryptHash"] = "$2a$10$" + _fake_digest("bcrypt" + name)[:53]
         elif kind == "random:index/randomBytes:RandomBytes":
             outputs["hex"] = _fake_digest(name)
             outputs["base64"] = _fake_digest(name)

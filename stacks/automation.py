@@ -1,0 +1,379 @@
+"""`preview`, `up`, `destroy` and `drift` of a stack, through Pulumi's Automation API.
+
+    python -m stacks preview STACK   the changes `up` would make, policy pack applied
+    python -m stacks up STACK        converge the stack (progress streamed), policy pack applied
+    python -m stacks destroy STACK   remove everything the stack holds
+    python -m stacks drift STACK     `refresh --preview-only --expect-no-changes`: a JSON report
+                                     of what drifted on stdout, exit 7 on drift, 0 when none
+
+Every command uses the same state backend as the Makefile: `file://<repo>/.pulumi-state`
+with the passphrase in `.pulumi-state/passphrase`, unless PULUMI_BACKEND_URL (and
+PULUMI_CONFIG_PASSPHRASE / PULUMI_CONFIG_PASSPHRASE_FILE) say otherwise. What is
+missing — the Pulumi CLI, a backend login, a passphrase — stops the command before
+it starts, with one line that says what to do, and a non-zero exit; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from stacks.stackfile import REPO
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_NO_STACK = 6
+EXIT_DRIFT = 7
+
+STATE_DIR = ".pulumi-state"
+PASSPHRASE_FILE = "passphrase"
+POLICY_PACK_FILE = "PulumiPolicy.yaml"
+INSTALL_HINT = "install it: https://www.pulumi.com/docs/iac/download-install/ (curl -fsSL https://get.pulumi.com | sh)"
+# Backends that keep state in a bucket or a directory encrypt secrets with a
+# passphrase unless the stack names another secrets provider.
+DIY_SCHEMES = ("file://", "s3://", "gs://", "azblob://", "postgres://")
+
+
+class OperationError(Exception):
+    """A stack operation cannot run or failed; `exit_code` is what the command exits with."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# -- the backend -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where state lives and the environment the CLI needs for it."""
+
+    url: str
+    env: dict[str, str]
+
+    @property
+    def is_local(self) -> bool:
+        return self.url.startswith("file://")
+
+
+def default_backend_url(root: Path = REPO) -> str:
+    return f"file://{root / STATE_DIR}"
+
+
+def resolve_backend(stack: str, *, root: Path = REPO, environ: Mapping[str, str] | None = None) -> Backend:
+    """The backend and its environment, or an OperationError saying what is missing."""
+    environ = os.environ if environ is None else environ
+    url = environ.get("PULUMI_BACKEND_URL") or default_backend_url(root)
+    env = {"PULUMI_BACKEND_URL": url, "PULUMI_SKIP_UPDATE_CHECK": "true"}
+    if url.startswith("file://"):
+        directory = Path(url[len("file://") :]).expanduser()
+        if not directory.is_dir():
+            hint = "run `make stack-ready` once" if url == default_backend_url(root) else f"create {directory}"
+            raise OperationError(f"the state backend {url} does not exist: {hint}")
+    elif url.startswith(("https://", "http://")):
+        if not environ.get("PULUMI_ACCESS_TOKEN") and not _logged_in(url, environ):
+            raise OperationError(
+                f"not logged in to the state backend {url}: set PULUMI_ACCESS_TOKEN or run `pulumi login {url}`"
+            )
+    if url.startswith(DIY_SCHEMES) and not _stack_has_own_secrets_provider(stack, root):
+        env.update(_passphrase_env(url, root, environ))
+    return Backend(url, env)
+
+
+def _passphrase_env(url: str, root: Path, environ: Mapping[str, str]) -> dict[str, str]:
+    if "PULUMI_CONFIG_PASSPHRASE" in environ:
+        return {}
+    given = environ.get("PULUMI_CONFIG_PASSPHRASE_FILE")
+    if given:
+        if not Path(given).expanduser().is_file():
+            raise OperationError(f"PULUMI_CONFIG_PASSPHRASE_FILE names {given}, which does not exist")
+        return {"PULUMI_CONFIG_PASSPHRASE_FILE": given}
+    default = root / STATE_DIR / PASSPHRASE_FILE
+    if url == default_backend_url(root) and default.is_file():
+        return {"PULUMI_CONFIG_PASSPHRASE_FILE": str(default)}
+    raise OperationError(
+        f"no passphrase for the secrets of this stack on {url}: set PULUMI_CONFIG_PASSPHRASE or "
+        f"PULUMI_CONFIG_PASSPHRASE_FILE"
+        + (
+            " (or run `make stack-ready` once to generate .pulumi-state/passphrase)"
+            if url.startswith("file://")
+            else ""
+        )
+    )
+
+
+def _stack_has_own_secrets_provider(stack: str, root: Path) -> bool:
+    path = root / f"Pulumi.{stack}.yaml"
+    if not path.is_file():
+        return False
+    doc = yaml.safe_load(path.read_text()) or {}
+    provider = str(doc.get("secretsprovider") or "")
+    return bool(provider) and not provider.startswith("passphrase")
+
+
+def _logged_in(url: str, environ: Mapping[str, str]) -> bool:
+    home = Path(environ.get("PULUMI_HOME") or Path(environ.get("HOME") or Path.home()) / ".pulumi")
+    try:
+        credentials = json.loads((home / "credentials.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return url.rstrip("/") in {str(k).rstrip("/") for k in (credentials.get("accessTokens") or {})}
+
+
+# -- the CLI -----------------------------------------------------------------------
+
+
+def require_cli(which: Callable[[str], str | None] = shutil.which) -> Any:
+    """The Automation API's handle on the Pulumi CLI, or an OperationError that says how to get it."""
+    from pulumi import automation as auto
+
+    if which("pulumi") is None:
+        raise OperationError(f"the Pulumi CLI is not installed (no `pulumi` on PATH): {INSTALL_HINT}")
+    try:
+        return auto.PulumiCommand()
+    except auto.InvalidVersionError as exc:
+        raise OperationError(f"the Pulumi CLI is too old for this SDK: {exc}; {INSTALL_HINT}") from None
+    except (OSError, ValueError) as exc:
+        raise OperationError(f"the Pulumi CLI does not run: {exc}") from None
+
+
+# -- policy packs ------------------------------------------------------------------
+
+
+def policy_packs(root: Path = REPO, *, enabled: bool = True) -> list[str]:
+    """The repository's policy pack, when it exists and is wanted."""
+    pack = root / "policies"
+    if enabled and (pack / POLICY_PACK_FILE).is_file():
+        return [str(pack)]
+    return []
+
+
+# -- drift -------------------------------------------------------------------------
+
+# Ops that say a resource's real state differs from what the stack recorded.
+DRIFT_OPS = {"update", "delete", "replace", "create", "create-replacement", "delete-replaced"}
+
+
+@dataclass
+class DriftedResource:
+    """One resource whose live state differs from the recorded one."""
+
+    urn: str
+    type: str
+    op: str
+    """`update` (properties changed) or `delete` (gone from the host)."""
+    properties: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.urn.rsplit("::", 1)[-1]
+
+
+@dataclass
+class DriftReport:
+    """What `refresh --preview-only` found."""
+
+    stack: str
+    resources: list[DriftedResource]
+    changes: dict[str, int]
+
+    @property
+    def drifted(self) -> bool:
+        return bool(self.resources) or any(op in DRIFT_OPS and n > 0 for op, n in self.changes.items())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stack": self.stack,
+            "drifted": self.drifted,
+            "changes": dict(sorted(self.changes.items())),
+            "resources": [
+                {"urn": r.urn, "type": r.type, "name": r.name, "op": r.op, "properties": r.properties}
+                for r in self.resources
+            ],
+        }
+
+
+def drift_report(stack: str, events: Iterable[Any]) -> DriftReport:
+    """Read the drifted resources out of a refresh's engine events.
+
+    A refresh step's event carries the *result* op the engine computed (`update`,
+    `delete`, `same`); older engines send `refresh` with the changed keys in
+    `diffs`/`detailed_diff` and no `new` state for a resource that is gone.
+    """
+    found: dict[str, DriftedResource] = {}
+    changes: dict[str, int] = {}
+    for event in events:
+        summary = getattr(event, "summary_event", None)
+        if summary is not None:
+            changes = {str(getattr(op, "value", op)): int(n) for op, n in (summary.resource_changes or {}).items()}
+        for kind in ("res_outputs_event", "resource_pre_event"):
+            payload = getattr(event, kind, None)
+            if payload is None:
+                continue
+            drifted = _drifted(payload.metadata)
+            if drifted is not None and (drifted.urn not in found or found[drifted.urn].op == "update"):
+                found[drifted.urn] = drifted
+    return DriftReport(stack, sorted(found.values(), key=lambda r: r.urn), changes)
+
+
+def _drifted(meta: Any) -> DriftedResource | None:
+    op = str(getattr(meta.op, "value", meta.op))
+    properties = sorted(set(meta.diffs or []) | set((meta.detailed_diff or {}).keys()))
+    if op == "refresh":
+        if meta.old is not None and meta.new is None:
+            op = "delete"
+        elif properties:
+            op = "update"
+        else:
+            return None
+    if op not in DRIFT_OPS:
+        return None
+    return DriftedResource(urn=meta.urn, type=meta.type, op=op, properties=properties)
+
+
+def render_drift(report: DriftReport) -> str:
+    if not report.drifted:
+        return f"stack {report.stack}: no drift"
+    lines = [f"stack {report.stack}: DRIFT in {len(report.resources)} resource(s)"]
+    for r in report.resources:
+        detail = f" ({', '.join(r.properties)})" if r.properties else ""
+        lines.append(f"  {r.op:<7} {r.type}  {r.name}{detail}")
+    return "\n".join(lines)
+
+
+# -- running -----------------------------------------------------------------------
+
+
+def _exit_code(exc: Exception) -> int:
+    match = re.search(r"\bcode: (-?\d+)", str(exc))
+    code = int(match[1]) if match else EXIT_FAILED
+    return code if 0 < code < 256 else EXIT_FAILED
+
+
+def _last_error_lines(exc: Exception, limit: int = 12) -> str:
+    """The CLI's own diagnosis (its stderr), without the Automation API's wrapping."""
+    text = str(exc)
+    stderr = text.split(" stderr:", 1)[1] if " stderr:" in text else text
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    return "\n".join(lines[-limit:])
+
+
+def open_stack(stack: str, *, root: Path, backend: Backend, command: Any, create: bool) -> Any:
+    """Select (or, for preview/up, create) the stack in the repository's workspace."""
+    from pulumi import automation as auto
+
+    options = auto.LocalWorkspaceOptions(work_dir=str(root), env_vars=backend.env, pulumi_command=command)
+    try:
+        if create:
+            return auto.create_or_select_stack(stack, work_dir=str(root), opts=options)
+        return auto.select_stack(stack, work_dir=str(root), opts=options)
+    except auto.StackNotFoundError:
+        raise OperationError(
+            f"no stack {stack!r} on {backend.url}: run `python -m stacks up {stack}` first", EXIT_NO_STACK
+        ) from None
+    except auto.CommandError as exc:
+        raise OperationError(
+            f"cannot open stack {stack!r} on {backend.url}:\n{_last_error_lines(exc)}", _exit_code(exc)
+        ) from None
+
+
+def _printer(stream: TextIO) -> Callable[[str], None]:
+    def emit(line: str) -> None:
+        stream.write(line if line.endswith("\n") else line + "\n")
+        stream.flush()
+
+    return emit
+
+
+def run_operation(args: argparse.Namespace, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """Run `args.operation` on `args.stack`; return the exit code."""
+    from pulumi import automation as auto
+
+    root: Path = args.root
+    if not (root / f"Pulumi.{args.stack}.yaml").is_file():
+        raise OperationError(f"no stack config Pulumi.{args.stack}.yaml in {root}", EXIT_NO_STACK)
+    backend = resolve_backend(args.stack, root=root)
+    command = require_cli()
+    operation: str = args.operation
+    stack = open_stack(args.stack, root=root, backend=backend, command=command, create=operation in ("preview", "up"))
+    progress = _printer(err if operation == "drift" else out)
+    packs = policy_packs(root, enabled=not getattr(args, "no_policies", False))
+    try:
+        if operation == "preview":
+            stack.preview(on_output=progress, policy_packs=packs or None, diff=args.diff, color="never")
+        elif operation == "up":
+            stack.up(on_output=progress, policy_packs=packs or None, diff=args.diff, color="never")
+        elif operation == "destroy":
+            stack.destroy(on_output=progress, color="never")
+        elif operation == "drift":
+            return _drift(stack, args, progress, out)
+    except auto.ConcurrentUpdateError:
+        raise OperationError(f"stack {args.stack!r} is locked by another update; wait, or `pulumi cancel`") from None
+    except auto.CommandError as exc:
+        raise OperationError(
+            f"`{operation}` of stack {args.stack!r} failed:\n{_last_error_lines(exc)}", _exit_code(exc)
+        ) from None
+    return EXIT_OK
+
+
+def _drift(stack: Any, args: argparse.Namespace, progress: Callable[[str], None], out: TextIO) -> int:
+    from pulumi import automation as auto
+
+    events: list[Any] = []
+    failure: Exception | None = None
+    try:
+        stack.preview_refresh(expect_no_changes=True, on_output=progress, on_event=events.append, color="never")
+    except auto.CommandError as exc:
+        # --expect-no-changes makes the CLI fail when there is drift: the events say what.
+        failure = exc
+    report = drift_report(args.stack, events)
+    if failure is not None and not report.drifted:
+        raise OperationError(
+            f"drift check of stack {args.stack!r} failed:\n{_last_error_lines(failure)}", _exit_code(failure)
+        )
+    progress(render_drift(report))
+    out.write(json.dumps(report.to_json(), indent=2) + "\n")
+    return EXIT_DRIFT if report.drifted else EXIT_OK
+
+
+def _command(args: argparse.Namespace) -> int:
+    try:
+        return run_operation(args)
+    except OperationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], *, root_default: Path = REPO) -> None:
+    """Register preview/up/destroy/drift on the `python -m stacks` parser."""
+    helps = {
+        "preview": "show what `up` would change (Automation API; policy pack applied)",
+        "up": "deploy the stack (Automation API; progress streamed; policy pack applied)",
+        "destroy": "remove every resource of the stack",
+        "drift": "refresh --preview-only --expect-no-changes: a JSON report on stdout (progress on stderr), exit 7 on drift",
+    }
+    for name, text in helps.items():
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("stack", help="stack name: Pulumi.STACK.yaml")
+        p.add_argument(
+            "--root", type=Path, default=root_default, help="directory holding Pulumi.yaml (default: this repository)"
+        )
+        if name in ("preview", "up"):
+            p.add_argument("--diff", action="store_true", help="show a property-level diff")
+            p.add_argument("--no-policies", action="store_true", help="do not apply the policy pack in policies/")
+        p.set_defaults(func=_command, operation=name)

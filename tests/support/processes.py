@@ -1,0 +1,138 @@
+"""Real processes started by integration tests: free ports, bounded waits, clean stops.
+
+Shared by the Dask and Caddy tiers. Every wait is bounded, every process is
+stopped (terminate, then kill) by whoever started it, and children a process
+spawned (a Dask nanny's worker) are stopped with it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import pytest
+
+LOOPBACK = "127.0.0.1"
+
+# Bounds on every wait, so a broken command line fails the test instead of hanging it.
+STARTUP_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 10.0
+POLL_S = 0.2
+
+
+def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
+    """Ports free on `host` right now, all different (the sockets are held together)."""
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@dataclass
+class Process:
+    """A started process, its output in a file, and the children it spawned."""
+
+    name: str
+    argv: list[str]
+    popen: subprocess.Popen[bytes]
+    log: Path
+    children: dict[int, psutil.Process] = field(default_factory=dict)
+
+    def tail(self, lines: int = 40) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return f"--- {self.name}: {' '.join(self.argv)}\n" + "\n".join(text.splitlines()[-lines:])
+
+    def check_alive(self) -> None:
+        code = self.popen.poll()
+        assert code is None, f"{self.name} exited with {code}\n{self.tail()}"
+
+    def remember_children(self) -> None:
+        """Note the children (a nanny's worker), so they can be stopped even if the parent dies."""
+        try:
+            for child in psutil.Process(self.popen.pid).children(recursive=True):
+                self.children[child.pid] = child
+        except psutil.NoSuchProcess:
+            pass
+
+    def terminate(self) -> None:
+        """Ask the process to stop (SIGTERM), noting its children first; `stop` waits for it."""
+        if self.popen.poll() is None:
+            self.remember_children()
+            self.popen.terminate()
+
+    def stop(self) -> None:
+        """Terminate, then kill after a bounded wait; the same for any child left behind."""
+        if self.popen.poll() is None:
+            self.terminate()
+            try:
+                self.popen.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(STOP_TIMEOUT_S)
+        # psutil.Process checks the pid's creation time: a reused pid is never touched.
+        _, alive = psutil.wait_procs(list(self.children.values()), timeout=STOP_TIMEOUT_S)
+        for child in alive:
+            child.terminate()
+        _, alive = psutil.wait_procs(alive, timeout=STOP_TIMEOUT_S)
+        for child in alive:
+            child.kill()
+        psutil.wait_procs(alive, timeout=STOP_TIMEOUT_S)
+
+
+def stop_all(processes: Sequence[Process]) -> None:
+    """Stop `processes` together: all are asked at once, then each is waited for (bounded)."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.stop()
+
+
+def start_process(
+    name: str,
+    argv: Sequence[str],
+    *,
+    log: Path,
+    cwd: Path,
+    env: Mapping[str, str] | None = None,
+) -> Process:
+    """Start `argv` with its output (both streams) in `log`; the caller stops it."""
+    with log.open("wb") as out:
+        popen = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+        )
+    return Process(name, list(argv), popen, log)
+
+
+def wait_until(
+    condition: Callable[[], bool],
+    processes: Sequence[Process],
+    what: str,
+    timeout_s: float = STARTUP_TIMEOUT_S,
+) -> None:
+    """Poll `condition` until it holds, failing early if a process died, and after the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for process in processes:
+            process.check_alive()
+        if condition():
+            return
+        time.sleep(POLL_S)
+    logs = "\n".join(p.tail() for p in processes)
+    pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}\n{logs}")

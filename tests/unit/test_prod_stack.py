@@ -1,0 +1,269 @@
+"""The prod stack under SDK mocks: a head and 1, 2 or 10 GPU nodes over SSH, mutual TLS across hosts."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from components.caddy import egress_caddyfile
+from stacks.mocks import Evaluation, Resource, Secret
+from stacks.plan import evaluate_stack
+
+CONTAINER = "docker:index/container:Container"
+PROVIDER = "pulumi:providers:docker"
+REMOTE_COMMAND = "command:remote:Command"
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOd6YHSn/3BbJbUHjczu3IyYXFOYcba26JmJKDnblpKp"
+
+
+def prod_hosts(gpu_nodes: int) -> list[dict[str, Any]]:
+    ssh = {"user": "cluster-ai", "privateKeyPath": "~/.ssh/cluster-ai", "hostKey": HOST_KEY}
+    hosts = [{"name": "head", "address": "192.0.2.10", "roles": ["head"], "cpus": 16, "memoryGb": 64, "ssh": ssh}]
+    for i in range(1, gpu_nodes + 1):
+        hosts.append(
+            {
+                "name": f"gpu{i}",
+                "address": f"192.0.2.{10 + i}",
+                "roles": ["worker"],
+                "cpus": 32,
+                "memoryGb": 128,
+                "gpus": 2,
+                "ssh": ssh,
+            }
+        )
+    return hosts
+
+
+def prod(gpu_nodes: int) -> Evaluation:
+    return evaluate_stack("prod", overrides={"cluster-ai:hosts": json.dumps(prod_hosts(gpu_nodes))})
+
+
+@pytest.fixture(params=[1, 2, 10], ids=lambda n: f"{n}-gpu-nodes")
+def cluster(request: pytest.FixtureRequest) -> tuple[int, Evaluation]:
+    return request.param, prod(request.param)
+
+
+def labels_of(r: Resource) -> dict[str, str]:
+    return {label["label"]: label["value"] for label in r.plain_inputs().get("labels", [])}
+
+
+def test_one_provider_per_host_and_nothing_placed_with_the_wrong_one(cluster: tuple[int, Evaluation]) -> None:
+    n, ev = cluster
+    providers = {p.name.removesuffix("-docker"): p for p in ev.by_type(PROVIDER)}
+    assert sorted(providers) == sorted(["head", *(f"gpu{i}" for i in range(1, n + 1))])
+    for p in providers.values():
+        assert p.plain_inputs()["host"].startswith("ssh://cluster-ai@192.0.2."), p.urn
+    for c in ev.by_type(CONTAINER):
+        host = labels_of(c)["cluster-ai.host"]
+        assert c.provider_urn == providers[host].urn, f"{c.urn} runs on {host} but uses another host's provider"
+    for r in ev:
+        if r.type.startswith("docker:") and r.type != CONTAINER:
+            assert r.provider_urn in {p.urn for p in providers.values()}, f"{r.urn} has no host provider"
+
+
+def test_every_docker_provider_pins_the_host_key(cluster: tuple[int, Evaluation]) -> None:
+    _, ev = cluster
+    for p in ev.by_type(PROVIDER):
+        # Provider config reaches the engine as JSON text.
+        opts = json.loads(p.plain_inputs()["sshOpts"])
+        pairs = dict(o.split("=", 1) for o in opts if "=" in o)
+        assert pairs["StrictHostKeyChecking"] == "yes", p.urn
+        assert pairs["UserKnownHostsFile"] == "/dev/null" and pairs["GlobalKnownHostsFile"] == "/dev/null", p.urn
+        assert pairs["KnownHostsCommand"].startswith("/bin/echo 192.0.2.") and pairs["KnownHostsCommand"].endswith(
+            HOST_KEY
+        ), p.urn
+
+
+def test_every_remote_command_checks_the_host_key_and_keeps_the_key_secret(cluster: tuple[int, Evaluation]) -> None:
+    _, ev = cluster
+    commands = ev.by_type(REMOTE_COMMAND)
+    assert commands
+    for c in commands:
+        raw = c.inputs["connection"]
+        assert isinstance(raw, Secret), f"{c.urn}: the connection carries the private key: it must be secret"
+        connection = raw.value
+        assert connection["hostKey"] == HOST_KEY, c.urn
+        assert isinstance(connection["privateKey"], str) and connection["privateKey"], c.urn
+
+
+def test_nothing_is_published_on_every_interface_and_only_the_proxy_is_public(cluster: tuple[int, Evaluation]) -> None:
+    _, ev = cluster
+    for c in ev.by_type(CONTAINER):
+        labels = labels_of(c)
+        host = labels["cluster-ai.host"]
+        host_address = "192.0.2.10" if host == "head" else f"192.0.2.{10 + int(host.removeprefix('gpu'))}"
+        for port in c.plain_inputs().get("ports", []):
+            assert port.get("ip") and port["ip"] != "0.0.0.0", f"{c.urn} publishes on every interface"
+            if labels["cluster-ai.service"] == "proxy":
+                assert int(port["external"]) in (80, 443), c.urn
+            else:
+                assert port["ip"] == host_address, f"{c.urn} publishes {port} off its host's cluster address"
+    published = {
+        (labels_of(c)["cluster-ai.service"], int(p["external"]))
+        for c in ev.by_type(CONTAINER)
+        for p in c.plain_inputs().get("ports", [])
+    }
+    services = {s for s, _ in published}
+    assert services == {"proxy", "dask-scheduler", "dask-worker", "edge"}, published
+    assert ("dask-scheduler", 8787) not in published, "the dashboard is reached through the proxy only"
+
+
+def test_every_cross_host_url_is_tls(cluster: tuple[int, Evaluation]) -> None:
+    n, ev = cluster
+    containers = {c.name: c for c in ev.by_type(CONTAINER)}
+    scheduler = containers["dask-scheduler"].plain_inputs()["command"]
+    assert scheduler[scheduler.index("--protocol") + 1] == "tls"
+    for flag in ("--tls-ca-file", "--tls-cert", "--tls-key"):
+        assert flag in scheduler
+    for i in range(1, n + 1):
+        for w in range(2):
+            worker = containers[f"dask-workers-gpu{i}-{w}"]
+            command = worker.plain_inputs()["command"]
+            assert command[2] == "tls://192.0.2.10:8786", worker.urn
+            assert command[command.index("--contact-address") + 1] == f"tls://192.0.2.{10 + i}:{8790 + w}", worker.urn
+            assert command[command.index("--listen-address") + 1].startswith("tls://"), worker.urn
+            assert command[command.index("--resources") + 1] == "GPU=1", worker.urn
+            assert worker.plain_inputs()["gpus"] == f"device={w}", worker.urn
+    webui = containers["webui"].plain_inputs()
+    env = dict(e.split("=", 1) for e in webui["envs"])
+    urls = env["OLLAMA_BASE_URLS"].split(";")
+    assert urls == [f"http://egress:{11500 + i}" for i in range(n)], "every GPU node through the egress"
+    egress = next(u for u in containers["egress"].plain_inputs()["uploads"] if u["file"].endswith("Caddyfile"))
+    for i in range(1, n + 1):
+        assert f"reverse_proxy https://192.0.2.{10 + i}:8443" in egress["content"]
+    assert "tls_client_auth /run/secrets/tls.crt /run/secrets/tls.key" in egress["content"]
+
+
+def test_edges_require_a_client_certificate_from_the_ca(cluster: tuple[int, Evaluation]) -> None:
+    n, ev = cluster
+    edges = [c for c in ev.by_type(CONTAINER) if labels_of(c)["cluster-ai.service"] == "edge"]
+    # One per GPU node, and the head's (it takes the other hosts' log pushes for Loki).
+    assert len(edges) == n + 1
+    for edge in edges:
+        caddyfile = next(u["content"] for u in edge.plain_inputs()["uploads"] if u["file"].endswith("Caddyfile"))
+        assert "mode require_and_verify" in caddyfile and "trusted_ca_cert_file /run/secrets/ca.pem" in caddyfile, (
+            edge.urn
+        )
+
+
+def test_every_private_key_is_secret(cluster: tuple[int, Evaluation]) -> None:
+    _, ev = cluster
+    keys = ev.by_type("tls:index/privateKey:PrivateKey")
+    pems = {
+        k.outputs["privateKeyPem"].value
+        if isinstance(k.outputs["privateKeyPem"], Secret)
+        else k.outputs["privateKeyPem"]
+        for k in keys
+    }
+    assert len(pems) == len(keys) > 3
+    for k in keys:
+        assert k.plain_inputs() == {"algorithm": "ECDSA", "ecdsaCurve": "P256"}, k.urn
+    for r in ev:
+        for text in _plain_strings(r.inputs):
+            for pem in pems:
+                assert pem not in text, f"{r.urn} carries a private key in plain text"
+    assert isinstance(ev.exports["operatorKey"], Secret)
+    assert isinstance(ev.exports["dashboardPassword"], Secret)
+
+
+def _plain_strings(value: Any) -> list[str]:
+    if isinstance(value, Secret):
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _plain_strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _plain_strings(v)]
+    return []
+
+
+def test_certificates_name_their_hosts_and_carry_the_right_usages() -> None:
+    ev = prod(2)
+    certs = {c.name: c.plain_inputs() for c in ev.by_type("tls:index/locallySignedCert:LocallySignedCert")}
+    csrs = {c.name: c.plain_inputs() for c in ev.by_type("tls:index/certRequest:CertRequest")}
+    assert set(certs["cluster-ca-edge-gpu1-cert"]["allowedUses"]) == {
+        "digital_signature",
+        "key_encipherment",
+        "server_auth",
+    }
+    assert "client_auth" in certs["cluster-ca-egress-cert"]["allowedUses"]
+    assert {"server_auth", "client_auth"} <= set(certs["cluster-ca-dask-gpu2-cert"]["allowedUses"])
+    assert csrs["cluster-ca-edge-gpu1-csr"]["ipAddresses"] == ["192.0.2.11"]
+    assert "scheduler" in csrs["cluster-ca-dask-scheduler-csr"]["dnsNames"]
+    ca = ev.named("cluster-ca-cert").plain_inputs()
+    assert ca["isCaCertificate"] is True and "cert_signing" in ca["allowedUses"]
+
+
+def test_data_volumes_are_protected_and_retained() -> None:
+    ev = prod(2)
+    data = [
+        v
+        for v in ev.by_type("docker:index/volume:Volume")
+        if {"label": "cluster-ai.volume", "value": "data"} in v.plain_inputs()["labels"]
+    ]
+    assert len(data) >= 6
+    for v in data:
+        assert v.protect and v.retain_on_delete, f"{v.urn} must be protected and retained in prod"
+
+
+def test_every_host_is_bootstrapped_before_services_land_on_it() -> None:
+    ev = prod(2)
+    bootstraps = {
+        c.name.removesuffix("-bootstrap-run"): c
+        for c in ev.by_type(REMOTE_COMMAND)
+        if c.name.endswith("-bootstrap-run")
+    }
+    assert sorted(bootstraps) == ["gpu1", "gpu2", "head"]
+    for c in ev.by_type(CONTAINER):
+        host = labels_of(c)["cluster-ai.host"]
+        image_urn = c.property_dependencies["image"][0]
+        image = ev.get(image_urn)
+        assert bootstraps[host].urn in image.dependencies or bootstraps[host].urn in c.dependencies, (
+            f"{c.urn} may start before {host} is bootstrapped"
+        )
+    assert "nvidia" in bootstraps["gpu1"].plain_inputs()["stdin"]
+    assert "nvidia" not in bootstraps["head"].plain_inputs()["stdin"]
+
+
+def test_model_sync_runs_on_each_gpu_node_over_ssh() -> None:
+    ev = prod(2)
+    for i in (1, 2):
+        sync = ev.named(f"ollama-gpu{i}-model-sync")
+        assert sync.type == REMOTE_COMMAND
+        assert sync.inputs["connection"].value["host"] == f"192.0.2.{10 + i}"
+        argv = shlex.split(sync.plain_inputs()["create"])
+        pins = json.loads(argv[argv.index("--pins") + 1])
+        assert all(p["digest"] for p in pins), "prod pins every model by digest"
+
+
+def test_removing_a_gpu_node_drains_it_first() -> None:
+    ev = prod(2)
+    drain = ev.named("dask-workers-gpu2-drain")
+    workers = [c.urn for c in ev.by_type(CONTAINER) if c.name.startswith("dask-workers-gpu2-")]
+    assert set(workers) <= set(drain.dependencies), "the drain is deleted before the workers it retires"
+    argv = shlex.split(drain.plain_inputs()["delete"])
+    script = argv[argv.index("-c") + 1]
+    assert "retire_workers(names=['dask-workers-gpu2-0', 'dask-workers-gpu2-1'], close_workers=True)" in script
+    assert "tls://127.0.0.1:8786" in script and "require_encryption=True" in script
+    assert drain.inputs["connection"].value["host"] == "192.0.2.10", "the drain runs beside the scheduler"
+
+
+def test_prod_without_required_secrets_and_entry_names_each_key(stack_with: Callable[..., Evaluation]) -> None:
+    from infra.program import StackConfigError
+
+    with pytest.raises(StackConfigError) as caught:
+        stack_with("prod", proxy={"domain": "ai.example.com", "tls": "acme"}, firewall={"adminNetworks": []})
+    message = str(caught.value)
+    assert "cluster-ai:proxy.acmeEmail: ACME needs an email" in message
+    assert "cluster-ai:firewall.adminNetworks" in message
+
+
+def test_egress_caddyfile_names_each_upstream_for_tls() -> None:
+    from components.caddy import Upstream
+
+    text = egress_caddyfile([Upstream("gpu1", "192.0.2.11", 8443)])
+    assert ":11500 {" in text and "tls_server_name gpu1" in text and "rewrite * /ollama{uri}" in text
