@@ -88,6 +88,12 @@ policies: deps
 policies-doc: deps
 	$(BIN)/python -m policies.catalogue
 
+# The scaling benchmark (not a test): prints figures against a floor measured in
+# the same run, writes bench/results.json and docs/plan_scaling.png.
+bench: deps
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/plan_scaling.py $(ARGS)
+
 lint: deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -231,21 +231,11 @@ def _provider(subject: Subject, by_urn: Mapping[str, Subject]) -> PolicyProvider
     )
 
 
-def _stack_resources(subjects: Sequence[Subject], by_urn: Mapping[str, Subject]) -> list[PolicyResource]:
-    resources = {
-        s.urn: PolicyResource(
-            s.type,
-            unknown_checking_proxy(_plain(s.props)),
-            s.urn,
-            s.name,
-            _options(s),
-            _provider(s, by_urn),
-            None,
-            [],
-            {},
-        )
-        for s in subjects
-    }
+def _stack_resources(subjects: Sequence[Subject], prepared: _Prepared) -> list[PolicyResource]:
+    resources = {}
+    for s in subjects:
+        props, options, provider = prepared.resource(s)
+        resources[s.urn] = PolicyResource(s.type, props, s.urn, s.name, options, provider, None, [], {})
     for s in subjects:
         resource = resources[s.urn]
         resource.parent = resources.get(s.parent or "")
@@ -265,6 +255,10 @@ def run(
     """Every rule over `subjects`: resource rules per resource, stack rules over them all."""
     config = config or PolicyConfig()
     by_urn = {s.urn: s for s in subjects}
+    prepared = _Prepared(by_urn)
+    by_type: dict[str, list[Subject]] = {}
+    for subject in subjects:
+        by_type.setdefault(subject.type, []).append(subject)
     verdicts = []
     for rule in rules if rules is not None else all_rules():
         level = config.level(rule)
@@ -279,20 +273,16 @@ def run(
         checked = 0
         rule_config = config.config_for(rule)
         if rule.kind is Kind.STACK:
-            args = StackValidationArgs(_stack_resources(subjects, by_urn), rule_config)
+            args = StackValidationArgs(_stack_resources(subjects, prepared), rule_config)
             checked += _call(rule, args, _Reporter(rule, level, None, violations), notes, "")
         else:
-            for subject in subjects:
-                if rule.resource_types and subject.type not in rule.resource_types:
-                    continue
+            candidates = (
+                [s for kind in rule.resource_types for s in by_type.get(kind, ())] if rule.resource_types else subjects
+            )
+            for subject in candidates:
+                props, options, provider = prepared.resource(subject)
                 resource_args = ResourceValidationArgs(
-                    subject.type,
-                    unknown_checking_proxy(_plain(subject.props)),
-                    subject.urn,
-                    subject.name,
-                    _options(subject),
-                    _provider(subject, by_urn),
-                    rule_config,
+                    subject.type, props, subject.urn, subject.name, options, provider, rule_config
                 )
                 checked += _call(
                     rule, resource_args, _Reporter(rule, level, subject.urn, violations), notes, subject.urn
@@ -305,6 +295,41 @@ def run(
             outcome = Outcome.NOT_APPLICABLE
         verdicts.append(Verdict(rule, level, outcome, checked, tuple(violations), tuple(notes)))
     return Report(tuple(verdicts))
+
+
+class _Prepared:
+    """Each resource's props proxy, options and provider, built once per run.
+
+    Building them is most of a check's cost (a deep copy behind pulumi_policy's
+    unknown-checking proxy); every rule of the pack reads them and none writes
+    (tests/policy/test_pack.py checks that), so the rules share one per resource.
+    """
+
+    def __init__(self, by_urn: Mapping[str, Subject]) -> None:
+        self._by_urn = by_urn
+        self._cache: dict[str, tuple[Any, PolicyResourceOptions, PolicyProviderResource | None]] = {}
+        self._providers: dict[str, PolicyProviderResource | None] = {}
+
+    def provider(self, subject: Subject) -> PolicyProviderResource | None:
+        """One provider object per provider: a host's resources all share theirs."""
+        key = subject.provider or ""
+        if key not in self._providers:
+            self._providers[key] = _provider(subject, self._by_urn)
+        return self._providers[key]
+
+    def resource(self, subject: Subject) -> tuple[Any, PolicyResourceOptions, PolicyProviderResource | None]:
+        prepared = self._cache.get(subject.urn)
+        if prepared is None:
+            # The proxy builds its own tree of dicts and lists: a prior deep copy
+            # would be a second one. Subjects hold plain data (stacks/policy_check.py).
+            props = subject.props if type(subject.props) is dict else _plain(subject.props)
+            prepared = (
+                unknown_checking_proxy(props),
+                _options(subject),
+                self.provider(subject),
+            )
+            self._cache[subject.urn] = prepared
+        return prepared
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ note instead of a verdict. Where an unknown value is one the rule does not need
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -264,11 +265,27 @@ def mapping(value: Any) -> Mapping[str, Any]:
 
 def labels(props: Mapping[str, Any]) -> dict[str, str]:
     """Docker labels: a list of `{label, value}` on containers, volumes and networks."""
+    cached = _LABELS.get(id(props))
+    if cached is not None and cached[0]() is props:
+        return dict(cached[1])
     found: dict[str, str] = {}
     for entry in items(props.get("labels")):
         if isinstance(entry, Mapping) and isinstance(entry.get("label"), str):
             found[entry["label"]] = str(entry.get("value", ""))
-    return found
+    try:
+        reference = weakref.ref(props)
+    except TypeError:  # a plain dict (tests): nothing to remember it by
+        return found
+    if len(_LABELS) > 50_000:
+        _LABELS.clear()
+    _LABELS[id(props)] = (reference, found)
+    return dict(found)
+
+
+# Nearly every rule asks for a resource's labels, and the harness hands every
+# rule the same props object: read them once per object. Keyed by id, checked
+# against a weak reference, so a recycled id is never mistaken for the object.
+_LABELS: dict[int, tuple[weakref.ref[Any], dict[str, str]]] = {}
 
 
 def service_of(props: Mapping[str, Any]) -> str | None:

@@ -6,6 +6,7 @@ import the program (infra/, components/).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import posixpath
 import re
@@ -76,10 +77,17 @@ _RUN_OPTIONS_WITH_VALUE = frozenset(
 
 def docker_run_images(command: str) -> list[str]:
     """The image of every `docker run`/`docker create` in a shell command line."""
+    return list(_docker_run_images(command))
+
+
+@functools.lru_cache(maxsize=4096)
+def _docker_run_images(command: str) -> tuple[str, ...]:
+    # Several rules read the same command lines (one per host in a large
+    # stack, each alike): parse each distinct line once.
     try:
         words = shlex.split(command, comments=False)
     except ValueError:
-        return []
+        return ()
     images = []
     for i in range(len(words) - 1):
         if words[i] == "docker" or words[i].endswith("/docker"):
@@ -91,7 +99,7 @@ def docker_run_images(command: str) -> list[str]:
             image = _first_operand(words[verb_at + 1 :])
             if image is not None:
                 images.append(image)
-    return images
+    return tuple(images)
 
 
 def _first_operand(words: Sequence[str]) -> str | None:

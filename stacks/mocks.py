@@ -10,6 +10,7 @@ that look like a provider's, so `.apply` chains run as they would in `pulumi up`
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -243,6 +244,9 @@ def evaluate_program(
     evaluations never leak into each other. Exceptions from the program propagate.
     """
     monitor = RecordingMonitor(mocks or ClusterMocks())
+    # The program may tune the garbage collector for its run (infra/program.py):
+    # put it back as it was, so evaluations do not leak settings into each other.
+    gc_thresholds = gc.get_threshold()
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
@@ -253,6 +257,8 @@ def evaluate_program(
         loop.run_until_complete(sdk_stack.run_pulumi_func(program))
         exports = _resolve_exports(loop, root)
     finally:
+        gc.set_threshold(*gc_thresholds)
+        gc.unfreeze()
         settings.ROOT.set(None)
         set_all_config({}, [])
         loop.close()

@@ -9,8 +9,10 @@ rules can be run against the unknowns a real preview has.
 
 from __future__ import annotations
 
+import gc
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +60,25 @@ def subjects(evaluation: Evaluation) -> list[Subject]:
     ]
 
 
+@contextmanager
+def _collector_for_bulk_work() -> Iterator[None]:
+    """Checking allocates a proxy tree per resource while the whole graph stays
+    alive: without this, the cyclic GC walks that graph over and over (the same
+    reason infra/program.py tunes it while registering). Put back afterwards."""
+    thresholds = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 1_000)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+
+
 def check(evaluation: Evaluation, config: PolicyConfig | None = None) -> Report:
     """Every rule of the pack over the evaluated graph."""
-    return run(subjects(evaluation), config=config)
+    with _collector_for_bulk_work():
+        return run(subjects(evaluation), config=config)
 
 
 class PreviewMocks(pulumi.runtime.Mocks):

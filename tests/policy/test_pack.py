@@ -128,3 +128,40 @@ def test_the_served_pack_notes_an_unknown_instead_of_failing(analyzer: analyzer_
     messages = {d.policyName: d for d in response.diagnostics}
     assert "can't run policy 'docker-daemon-tls'" in messages["docker-daemon-tls"].message
     assert messages["docker-daemon-tls"].enforcementLevel == analyzer_pb2.ADVISORY
+
+
+def test_rules_never_write_to_the_props_they_share() -> None:
+    """The harness builds each resource's props once and hands them to every rule
+    (policies/harness.py `_Prepared`): that is only sound while no rule writes."""
+    import copy
+    from collections.abc import Mapping, Sequence
+
+    from policies import harness
+    from stacks.plan import evaluate_stack
+    from stacks.policy_check import subjects
+
+    def snapshot(value: object) -> object:
+        # pulumi_policy's proxies are Mapping/Sequence look-alikes: copy them into plain data.
+        if isinstance(value, Mapping):
+            return {k: snapshot(v) for k, v in value.items()}
+        if isinstance(value, str):
+            return value
+        if isinstance(value, Sequence) or (hasattr(value, "__len__") and hasattr(value, "__getitem__")):
+            return [snapshot(value[i]) for i in range(len(value))]  # type: ignore[arg-type,index]
+        return copy.deepcopy(value)
+
+    for stack in ("dev", "prod"):
+        subs = subjects(evaluate_stack(stack))
+        prepared = harness._Prepared({s.urn: s for s in subs})
+        before = {s.urn: snapshot(prepared.resource(s)[0]) for s in subs}
+        for rule in all_rules():
+            harness.run(subs, rules=[rule])
+        original_run = harness._Prepared
+        try:
+            harness._Prepared = lambda by_urn, shared=prepared: shared  # type: ignore[assignment,misc]
+            harness.run(subs)
+        finally:
+            harness._Prepared = original_run  # type: ignore[misc]
+        after = {s.urn: snapshot(prepared.resource(s)[0]) for s in subs}
+        changed = [urn for urn in before if before[urn] != after[urn]]
+        assert changed == [], f"{stack}: rules changed the props of {changed}"
