@@ -46,6 +46,8 @@ HEALTH = Healthcheck(["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1
 CERT = f"{SECRETS_DIR}/tls.crt"
 KEY = f"{SECRETS_DIR}/tls.key"
 CA = f"{SECRETS_DIR}/ca.pem"
+# Every Caddy here runs the Caddyfile uploaded beside its certificates.
+CADDY_RUN = ["caddy", "run", "--config", f"{SECRETS_DIR}/Caddyfile", "--adapter", "caddyfile"]
 
 
 @dataclass(frozen=True)
@@ -213,7 +215,7 @@ class TlsEdge(pulumi.ComponentResource):
                 service="edge",
                 image=args["image"],
                 networks=[NetworkAttachment(args["network"], aliases=["edge"])],
-                command=["caddy", "run", "--config", f"{SECRETS_DIR}/Caddyfile", "--adapter", "caddyfile"],
+                command=CADDY_RUN,
                 secret_files={**args["tls_files"], "Caddyfile": pulumi.Output.from_input(caddyfile)},
                 tmpfs=_caddy_tmpfs(),
                 publish=[Publish(EDGE_PORT, args["port"], args["address"])],
@@ -255,7 +257,7 @@ class Egress(pulumi.ComponentResource):
                 service="egress",
                 image=args["image"],
                 networks=[NetworkAttachment(args["network"], aliases=[EGRESS_ALIAS])],
-                command=["caddy", "run", "--config", f"{SECRETS_DIR}/Caddyfile", "--adapter", "caddyfile"],
+                command=CADDY_RUN,
                 secret_files={**args["tls_files"], "Caddyfile": pulumi.Output.from_input(caddyfile)},
                 tmpfs=_caddy_tmpfs(),
                 user=CADDY_UID,
@@ -316,7 +318,7 @@ class PublicProxy(pulumi.ComponentResource):
                 service="proxy",
                 image=args["image"],
                 networks=[NetworkAttachment(args["network"], aliases=["proxy"])],
-                command=["caddy", "run", "--config", f"{SECRETS_DIR}/Caddyfile", "--adapter", "caddyfile"],
+                command=CADDY_RUN,
                 secret_files={**args.get("tls_files", {}), "Caddyfile": pulumi.Output.secret(caddyfile)},
                 mounts=[Mount(volume=state.name, target="/data")],
                 tmpfs={"/config": "rw,noexec,nosuid,size=16m", "/tmp": "rw,noexec,nosuid,size=16m"},

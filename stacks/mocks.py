@@ -98,6 +98,19 @@ def contains_secret(value: Any) -> bool:
     return False
 
 
+def plain_strings(value: Any) -> list[str]:
+    """Every string in an input tree that is not inside a Secret (for secrecy checks)."""
+    if isinstance(value, Secret):
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in plain_strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in plain_strings(v)]
+    return []
+
+
 def _mark_secrets(value: Any) -> Any:
     """Turn the SDK's wire form of secrets into `Secret` markers, recursively."""
     if rpc.is_rpc_secret(value):

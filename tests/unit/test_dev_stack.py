@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
-from stacks.mocks import Evaluation, Resource, Secret, contains_secret
+from stacks.mocks import Evaluation, Resource, Secret, contains_secret, plain_strings
 
 CONTAINER = "docker:index/container:Container"
 REMOTE_IMAGE = "docker:index/remoteImage:RemoteImage"
@@ -241,24 +240,11 @@ def test_open_webui_keys_and_passwords_come_from_the_database_and_redis_password
     assert webui["/run/secrets/env.WEBUI_ADMIN_PASSWORD"].value == passwords["webui-admin-password"]
 
 
-def _plain_strings(value: Any) -> list[str]:
-    """Every string in an input tree that is not inside a Secret."""
-    if isinstance(value, Secret):
-        return []
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        return [s for v in value.values() for s in _plain_strings(v)]
-    if isinstance(value, list):
-        return [s for v in value for s in _plain_strings(v)]
-    return []
-
-
 def test_no_generated_password_appears_outside_a_secret(dev: Evaluation) -> None:
     passwords = [r.outputs["result"] for r in dev.by_type(PASSWORD)]
     assert len(passwords) == 5  # PostgreSQL, Redis, Open WebUI's key and admin, Grafana's admin
     for r in dev:
-        for text in _plain_strings(r.inputs):
+        for text in plain_strings(r.inputs):
             for password in passwords:
                 assert password not in text, f"{r.urn} carries a password in plain text"
 

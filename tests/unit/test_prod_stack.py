@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from components.caddy import egress_caddyfile
-from stacks.mocks import Evaluation, Resource, Secret
+from stacks.mocks import Evaluation, Resource, Secret, plain_strings
 from stacks.plan import evaluate_stack
 
 CONTAINER = "docker:index/container:Container"
@@ -162,23 +162,11 @@ def test_every_private_key_is_secret(cluster: tuple[int, Evaluation]) -> None:
     for k in keys:
         assert k.plain_inputs() == {"algorithm": "ECDSA", "ecdsaCurve": "P256"}, k.urn
     for r in ev:
-        for text in _plain_strings(r.inputs):
+        for text in plain_strings(r.inputs):
             for pem in pems:
                 assert pem not in text, f"{r.urn} carries a private key in plain text"
     assert isinstance(ev.exports["operatorKey"], Secret)
     assert isinstance(ev.exports["dashboardPassword"], Secret)
-
-
-def _plain_strings(value: Any) -> list[str]:
-    if isinstance(value, Secret):
-        return []
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        return [s for v in value.values() for s in _plain_strings(v)]
-    if isinstance(value, list):
-        return [s for v in value for s in _plain_strings(v)]
-    return []
 
 
 def test_certificates_name_their_hosts_and_carry_the_right_usages() -> None:
