@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import NotRequired, TypedDict
 
 import pulumi
+import pulumi_docker as docker
 
 from components.hardened import (
     SECRETS_DIR,
@@ -208,24 +209,14 @@ class TlsEdge(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: TlsEdgeArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("cluster-ai:index:TlsEdge", name, {}, opts)
-        caddyfile = edge_caddyfile(args["routes"])
-        self.container = hardened_container(
+        self.container = _internal_caddy(
             name,
-            ServiceContainer(
-                service="edge",
-                image=args["image"],
-                networks=[NetworkAttachment(args["network"], aliases=["edge"])],
-                command=CADDY_RUN,
-                secret_files={**args["tls_files"], "Caddyfile": pulumi.Output.from_input(caddyfile)},
-                tmpfs=_caddy_tmpfs(),
-                publish=[Publish(EDGE_PORT, args["port"], args["address"])],
-                user=CADDY_UID,
-                healthcheck=HEALTH,
-                memory_mb=256,
-                cpus=1,
-                labels=args["labels"],
-            ),
-            child_options(self, opts),
+            service="edge",
+            alias="edge",
+            caddyfile=edge_caddyfile(args["routes"]),
+            args=args,
+            publish=[Publish(EDGE_PORT, args["port"], args["address"])],
+            opts=child_options(self, opts),
         )
         self.url = f"https://{args['address']}:{args['port']}"
         self.register_outputs({"url": self.url})
@@ -250,23 +241,14 @@ class Egress(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: EgressArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("cluster-ai:index:Egress", name, {}, opts)
-        caddyfile = egress_caddyfile(args["upstreams"])
-        self.container = hardened_container(
+        self.container = _internal_caddy(
             name,
-            ServiceContainer(
-                service="egress",
-                image=args["image"],
-                networks=[NetworkAttachment(args["network"], aliases=[EGRESS_ALIAS])],
-                command=CADDY_RUN,
-                secret_files={**args["tls_files"], "Caddyfile": pulumi.Output.from_input(caddyfile)},
-                tmpfs=_caddy_tmpfs(),
-                user=CADDY_UID,
-                healthcheck=HEALTH,
-                memory_mb=256,
-                cpus=1,
-                labels=args["labels"],
-            ),
-            child_options(self, opts),
+            service="egress",
+            alias=EGRESS_ALIAS,
+            caddyfile=egress_caddyfile(args["upstreams"]),
+            args=args,
+            publish=[],
+            opts=child_options(self, opts),
         )
         self.urls = [f"http://{EGRESS_ALIAS}:{EGRESS_BASE_PORT + i}" for i in range(len(args["upstreams"]))]
         self.register_outputs({"urls": self.urls})
@@ -338,6 +320,38 @@ class PublicProxy(pulumi.ComponentResource):
         )
         self.url = f"https://{domain}"
         self.register_outputs({"url": self.url})
+
+
+def _internal_caddy(
+    name: str,
+    *,
+    service: str,
+    alias: str,
+    caddyfile: str,
+    args: TlsEdgeArgs | EgressArgs,
+    publish: list[Publish],
+    opts: pulumi.ResourceOptions,
+) -> docker.Container:
+    """A stateless Caddy of the cluster's own (edge or egress): non-root, state on tmpfs,
+    its Caddyfile and certificates as secret files."""
+    return hardened_container(
+        name,
+        ServiceContainer(
+            service=service,
+            image=args["image"],
+            networks=[NetworkAttachment(args["network"], aliases=[alias])],
+            command=CADDY_RUN,
+            secret_files={**args["tls_files"], "Caddyfile": pulumi.Output.from_input(caddyfile)},
+            tmpfs=_caddy_tmpfs(),
+            publish=publish,
+            user=CADDY_UID,
+            healthcheck=HEALTH,
+            memory_mb=256,
+            cpus=1,
+            labels=args["labels"],
+        ),
+        opts,
+    )
 
 
 def _caddy_tmpfs() -> dict[str, str]:

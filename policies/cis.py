@@ -416,9 +416,9 @@ def _unpinned(reference: str, forbidden_tags: set[str]) -> str | None:
     return None
 
 
-def images_pinned(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    config = settings(args, images_pinned)
-    forbidden = {str(t) for t in config.get("forbiddenTags") or []}
+def image_references(args: ResourceValidationArgs) -> list[str]:
+    """The image references a resource declares: a RemoteImage's name, a container's
+    image when it is a reference, and every `docker run` image in a command."""
     references: list[str] = []
     if args.resource_type == REMOTE_IMAGE:
         references.append(str(args.props.get("name")))
@@ -433,7 +433,13 @@ def images_pinned(args: ResourceValidationArgs, report: ReportViolation) -> None
             text = args.props.get(key)
             if isinstance(text, str):
                 references += docker_run_images(text)
-    for reference in references:
+    return references
+
+
+def images_pinned(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    config = settings(args, images_pinned)
+    forbidden = {str(t) for t in config.get("forbiddenTags") or []}
+    for reference in image_references(args):
         problem = _unpinned(reference, forbidden)
         if problem is not None:
             report(f"{who(args)}: {problem}; pin a version tag (and in prod a digest).")

@@ -26,6 +26,7 @@ from pulumi_policy import (
     StackValidationArgs,
 )
 
+from policies.cis import image_references
 from policies.model import (
     CONTAINER,
     DOCKER_PROVIDER,
@@ -38,12 +39,10 @@ from policies.model import (
     Kind,
     ReportViolation,
     Rule,
-    is_unknown,
     items,
     labels,
     mapping,
     number,
-    peek,
     register,
     service_of,
     settings,
@@ -53,11 +52,9 @@ from policies.model import (
 from policies.parsing import (
     HEX64,
     command_words,
-    docker_run_images,
     env_pairs,
     flag_value,
     ip_of,
-    is_image_id,
     is_local_host,
     parse_image,
     urls,
@@ -166,19 +163,7 @@ def ssh_host_keys_pinned(args: ResourceValidationArgs, report: ReportViolation) 
 
 def images_pinned_by_digest_in_prod(args: ResourceValidationArgs, report: ReportViolation) -> None:
     _strict(args, images_pinned_by_digest_in_prod)
-    references: list[str] = []
-    if args.resource_type == REMOTE_IMAGE:
-        references.append(str(args.props.get("name")))
-    elif args.resource_type == CONTAINER:
-        image = peek(args.props, "image")
-        if isinstance(image, str) and not is_unknown(image) and not is_image_id(image):
-            references.append(image)
-    else:
-        for key in ("create", "update", "delete"):
-            text = args.props.get(key)
-            if isinstance(text, str):
-                references += docker_run_images(text)
-    for reference in references:
+    for reference in image_references(args):
         if not parse_image(reference).pinned_by_digest:
             report(f"{who(args)} uses {reference} without a digest: prod pins every image as repo:tag@sha256:<64 hex>.")
 
