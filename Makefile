@@ -11,29 +11,32 @@ STATE_DIR := $(CURDIR)/.pulumi-state
 PASSPHRASE_FILE := $(STATE_DIR)/passphrase
 PULUMI_ENV := PULUMI_BACKEND_URL=file://$(STATE_DIR) PULUMI_CONFIG_PASSPHRASE_FILE=$(PASSPHRASE_FILE) PULUMI_SKIP_UPDATE_CHECK=true
 
-.PHONY: up preview destroy check-tools stack-ready test test-unit plan lint bench deps env clean-venv policies-doc policies drift status lock
+.PHONY: up preview destroy check-tools stack-ready test test-unit plan lint bench deps env clean-venv policies-doc policies drift status lock images toolchain
 
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -m venv $(VENV) >&2
 
+# Recipes whose targets print what users parse (plan/policies/status --json, drift's
+# report, env) run silently (`@`), and what their prerequisites print goes to stderr,
+# so `make plan ARGS=--json | jq` sees only the JSON on stdout.
 $(VENV)/.deps: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $@
+	@$(BIN)/python -m pip install --quiet --upgrade pip >&2
+	@$(BIN)/python -m pip install --quiet -e '.[dev]' >&2
+	@touch $@
 
 deps: $(VENV)/.deps
 
 # Fail early, and say what to install, when a prerequisite is missing.
 define require_tools
 	@command -v pulumi >/dev/null 2>&1 || { \
-	  echo "error: the Pulumi CLI is not installed."; \
-	  echo "       install it: https://www.pulumi.com/docs/iac/download-install/ (curl -fsSL https://get.pulumi.com | sh)"; \
+	  echo "error: the Pulumi CLI is not installed." >&2; \
+	  echo "       install it: https://www.pulumi.com/docs/iac/download-install/ (curl -fsSL https://get.pulumi.com | sh)" >&2; \
 	  exit 1; }
 	@command -v docker >/dev/null 2>&1 || { \
-	  echo "error: Docker is not installed: https://docs.docker.com/engine/install/"; exit 1; }
+	  echo "error: Docker is not installed: https://docs.docker.com/engine/install/" >&2; exit 1; }
 	@docker info >/dev/null 2>&1 || { \
-	  echo "error: the Docker engine is not running or this user cannot reach it (/var/run/docker.sock)."; \
-	  echo "       start it (sudo systemctl start docker) and make sure you may use it (docker group)."; \
+	  echo "error: the Docker engine is not running or this user cannot reach it (/var/run/docker.sock)." >&2; \
+	  echo "       start it (sudo systemctl start docker) and make sure you may use it (docker group)." >&2; \
 	  exit 1; }
 endef
 
@@ -42,14 +45,14 @@ endef
 $(PASSPHRASE_FILE):
 	@mkdir -p $(STATE_DIR) && chmod 700 $(STATE_DIR)
 	@umask 077 && $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(32))' > $@
-	@echo "generated a passphrase for local secrets in $@ (keep it: it decrypts this stack's secrets)"
+	@echo "generated a passphrase for local secrets in $@ (keep it: it decrypts this stack's secrets)" >&2
 
 check-tools:
 	$(call require_tools)
 
 stack-ready: check-tools deps $(PASSPHRASE_FILE)
 	@$(PULUMI_ENV) pulumi login file://$(STATE_DIR) >/dev/null
-	@$(PULUMI_ENV) pulumi stack select $(STACK) 2>/dev/null || $(PULUMI_ENV) pulumi stack init $(STACK)
+	@$(PULUMI_ENV) pulumi stack select $(STACK) 2>/dev/null || $(PULUMI_ENV) pulumi stack init $(STACK) >&2
 
 up: stack-ready
 	$(PULUMI_ENV) pulumi up --stack $(STACK) $(ARGS)
@@ -67,22 +70,22 @@ test-unit: deps
 	$(BIN)/python -m pytest tests/unit $(ARGS)
 
 plan: deps
-	$(BIN)/python -m stacks plan $(STACK) $(ARGS)
+	@$(BIN)/python -m stacks plan $(STACK) $(ARGS)
 
 # Operating a deployed stack (docs/operations.md): drift exits 7 when live state
 # differs, status exits 1 when anything is not as declared, lock pins digests.
 drift: stack-ready
-	$(PULUMI_ENV) $(BIN)/python -m stacks drift $(STACK) $(ARGS)
+	@$(PULUMI_ENV) $(BIN)/python -m stacks drift $(STACK) $(ARGS)
 
 status: deps
-	$(BIN)/python -m stacks status $(STACK) $(ARGS)
+	@$(BIN)/python -m stacks status $(STACK) $(ARGS)
 
 lock: deps
-	$(BIN)/python -m stacks lock $(STACK) $(ARGS)
+	@$(BIN)/python -m stacks lock $(STACK) $(ARGS)
 
 # Every policy's verdict on a stack, offline (exit 5 when a mandatory one is violated).
 policies: deps
-	$(BIN)/python -m stacks plan $(STACK) --policies $(ARGS)
+	@$(BIN)/python -m stacks plan $(STACK) --policies $(ARGS)
 
 # docs/policies.md, generated from policies/ (a test keeps it in sync).
 policies-doc: deps
@@ -93,6 +96,16 @@ policies-doc: deps
 bench: deps
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/plan_scaling.py $(ARGS)
+
+# Images the e2e stack (Pulumi.e2e.yaml) runs, built here and pushed to the local
+# registry on 127.0.0.1:5000; a second run skips what is unchanged (docs/images.md).
+images:
+	bash ci/images.sh
+
+# The Pulumi CLI, Python language host and random/tls/docker plugins built from Go
+# modules, cached outside the clone (docs/engine.md); prints the env file to source.
+toolchain:
+	bash ci/toolchain.sh
 
 lint: deps
 	$(BIN)/ruff check .

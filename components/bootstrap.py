@@ -14,11 +14,19 @@ the host when something is missing, then installs an nftables table of its own
 
 The table is replaced atomically on every run (`nft -f` of a file that deletes
 and recreates it), so running the script twice is the same as once.
+
+Config values are data, never script: every address is re-parsed here and
+written in Python's own spelling (no IPv6 zone, which Python accepts with almost
+any character in it), and the ruleset reaches the host as one base64 word that
+the script decodes into its file, so no value can end a heredoc or a quote.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import ipaddress
+import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,12 +58,36 @@ class FirewallRules:
     """Open to the admin networks besides SSH (the scheduler, for operators' Dask clients)."""
 
 
+# What the plan decodes and shows beside a script: `NAME_B64='<base64>'`.
+PAYLOAD_SUFFIX = "_B64"
+# A host name as it may appear in the script and its messages.
+_HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def nft_element(value: str) -> str:
+    """An address or CIDR as an nftables set element: parsed, and written back in
+    Python's spelling, so nothing but an address reaches the ruleset."""
+    if "%" in value:
+        raise ValueError(f"firewall address {value!r}: an IPv6 zone (%...) cannot be a set element")
+    try:
+        return str(ipaddress.ip_network(value, strict=True))
+    except ValueError:
+        raise ValueError(f"firewall address {value!r} is not an IP address or a network in CIDR form") from None
+
+
 def _set(values: Sequence[str]) -> str:
-    return "{ " + ", ".join(values) + " }"
+    return "{ " + ", ".join(nft_element(v) for v in values) + " }"
+
+
+def _port(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError(f"firewall port {value!r} is not a port number (1-65535)")
+    return value
 
 
 def _ports(ports: Sequence[int], ranges: Sequence[tuple[int, int]] = ()) -> str:
-    items = [str(p) for p in sorted(set(ports))] + [f"{a}-{b}" if a != b else str(a) for a, b in ranges]
+    items = [str(_port(p)) for p in sorted(set(ports))]
+    items += [f"{_port(a)}-{_port(b)}" if a != b else str(_port(a)) for a, b in ranges]
     return "{ " + ", ".join(items) + " }"
 
 
@@ -130,9 +162,23 @@ def firewall_ruleset(rules: FirewallRules) -> str:
     return "\n".join(lines)
 
 
+def payload(name: str, data: str) -> str:
+    """A shell assignment carrying `data` as one base64 word: `NAME_B64='...'`.
+
+    Base64's alphabet has no quote, `$`, backslash or newline, so the data cannot
+    change the script's structure whatever it holds; the plan decodes it for review.
+    """
+    encoded = base64.b64encode(data.encode()).decode("ascii")
+    return f"{name}{PAYLOAD_SUFFIX}='{encoded}'"
+
+
 def bootstrap_script(host: str, *, gpu: bool, ruleset: str, config_dir: str = CONFIG_DIR) -> str:
     """The idempotent bootstrap for one host; it runs as root (directly or through sudo)."""
+    if not _HOST_NAME.fullmatch(host):
+        raise ValueError(f"host {host!r}: a host name is letters, digits, '.', '_' and '-'")
     rules_file = f"{config_dir}/firewall.nft"
+    rules = shlex.quote(rules_file)
+    include_line = shlex.quote(f'include "{rules_file}"')
     gpu_check = ""
     if gpu:
         # Captured first, then matched: no pipe that pipefail could trip on.
@@ -145,7 +191,7 @@ def bootstrap_script(host: str, *, gpu: bool, ruleset: str, config_dir: str = CO
             "esac\n"
         )
     return f"""#!/bin/bash
-# cluster-ai host bootstrap for {host} (generated; safe to run again).
+# cluster-ai host bootstrap (generated; safe to run again).
 set -euo pipefail
 HOST={shlex.quote(host)}
 fail() {{ echo "cluster-ai bootstrap: host $HOST: $*" >&2; exit 1; }}
@@ -157,17 +203,18 @@ docker version --format '{{{{.Server.Version}}}}' >/dev/null 2>&1 \\
 
 install -d -m 0750 {shlex.quote(config_dir)}
 umask 077
-cat > {shlex.quote(rules_file)}.new <<'CLUSTER_AI_NFT'
-{ruleset}CLUSTER_AI_NFT
-nft -c -f {shlex.quote(rules_file)}.new || fail "the generated firewall rules do not load"
-mv {shlex.quote(rules_file)}.new {shlex.quote(rules_file)}
-nft -f {shlex.quote(rules_file)}
+# The ruleset travels as data (base64), never as script text.
+{payload("FIREWALL", ruleset)}
+printf '%s' "$FIREWALL_B64" | base64 -d > {rules}.new || fail "could not write the firewall rules"
+nft -c -f {rules}.new || fail "the generated firewall rules do not load"
+mv {rules}.new {rules}
+nft -f {rules}
 
 # Survive a reboot: /etc/nftables.conf includes the table, and the unit that
 # loads it at boot is enabled (Debian ships it disabled). Enabled, not started:
 # starting it now would flush the rules Docker has installed.
-if [ -f /etc/nftables.conf ] && ! grep -qF 'include "{rules_file}"' /etc/nftables.conf; then
-  printf '\\ninclude "%s"\\n' {shlex.quote(rules_file)} >> /etc/nftables.conf
+if [ -f /etc/nftables.conf ] && ! grep -qF {include_line} /etc/nftables.conf; then
+  printf '\\n%s\\n' {include_line} >> /etc/nftables.conf
 fi
 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
   systemctl enable --quiet nftables.service || fail "could not enable nftables.service (the rules would not survive a reboot)"

@@ -22,6 +22,7 @@ from typing import NotRequired, TypedDict
 import pulumi
 import pulumi_docker as docker
 
+from components.addresses import host_port
 from components.hardened import (
     SECRETS_DIR,
     Healthcheck,
@@ -51,14 +52,72 @@ CA = f"{SECRETS_DIR}/ca.pem"
 CADDY_RUN = ["caddy", "run", "--config", f"{SECRETS_DIR}/Caddyfile", "--adapter", "caddyfile"]
 
 
+# Ollama's inference API (https://github.com/ollama/ollama/blob/main/docs/api.md and
+# its OpenAI-compatible endpoints): what Open WebUI needs to list, describe and run
+# the pinned models. Pull, push, create, copy, delete and blobs are absent: models
+# are declared in the stack and synced on the host, never managed from the cluster.
+OLLAMA_INFERENCE_GET = ("/api/tags", "/api/version", "/api/ps", "/v1/models", "/v1/models/*")
+OLLAMA_INFERENCE_POST = (
+    "/api/chat",
+    "/api/generate",
+    "/api/embed",
+    "/api/embeddings",
+    "/api/show",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+)
+# The client certificate's subject, as Caddy 2.6+ shows it (Go's `pkix.Name.String()`).
+CLIENT_SUBJECT = "{http.request.tls.client.subject}"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """Who may use an edge route: client certificate subjects, optionally only some methods and paths.
+
+    Paths are matched after the route's prefix is stripped (exact, or a `*` suffix);
+    no paths means every path of the route, no methods every method.
+    """
+
+    subjects: tuple[str, ...]
+    methods: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.subjects:
+            raise ValueError("a grant names at least one client certificate subject")
+        for subject in self.subjects:
+            if '"' in subject or "\\" in subject or "\n" in subject or "{" in subject:
+                raise ValueError(f"client subject {subject!r} cannot be matched literally in a Caddyfile")
+        for path in self.paths:
+            if not path.startswith("/") or any(c.isspace() or c in '"{}' for c in path):
+                raise ValueError(f"grant path {path!r} is not a plain absolute path")
+
+
+def ollama_grants(inference: Sequence[str], version_probe: Sequence[str] = ()) -> tuple[Grant, ...]:
+    """Ollama behind an edge: `inference` clients get the inference API, `version_probe` only its version."""
+    grants = [
+        Grant(tuple(inference), ("GET", "HEAD"), OLLAMA_INFERENCE_GET),
+        Grant(tuple(inference), ("POST",), OLLAMA_INFERENCE_POST),
+    ]
+    if version_probe:
+        grants.append(Grant(tuple(version_probe), ("GET",), ("/api/version",)))
+    return tuple(grants)
+
+
 @dataclass(frozen=True)
 class Route:
-    """A path prefix and the upstream (`host:port` on the private network) it goes to."""
+    """A path prefix and the upstream (`host:port` on the private network) it goes to.
+
+    On a TLS edge a route answers only the clients its `grants` name (403 for any
+    other certificate of the CA): an edge route without grants is refused.
+    """
 
     prefix: str
     upstream: str
     strip_prefix: bool = True
     basic_auth_user: str | None = None
+    grants: tuple[Grant, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -85,6 +144,14 @@ def _health_site() -> list[str]:
     return [f"http://127.0.0.1:{HEALTH_PORT} {{", '\trespond /healthz "ok" 200', "}", ""]
 
 
+def _quoted(value: str) -> str:
+    return f'"{value}"'
+
+
+def _proxy(upstream: str, indent: str) -> list[str]:
+    return [f"{indent}reverse_proxy {upstream} {{", f"{indent}\tflush_interval -1", f"{indent}}}"]
+
+
 def _route_block(route: Route, basic_auth_hash: str | None) -> list[str]:
     directive = "handle_path" if route.strip_prefix else "handle"
     lines = [f"\t{directive} {route.prefix}* {{"]
@@ -93,12 +160,39 @@ def _route_block(route: Route, basic_auth_hash: str | None) -> list[str]:
             raise ValueError(f"route {route.prefix}: basic auth needs a password hash")
         # `basicauth` is understood by Caddy 2.6 and (deprecated, still accepted) by 2.8+.
         lines += ["\t\tbasicauth {", f"\t\t\t{route.basic_auth_user} {basic_auth_hash}", "\t\t}"]
-    lines += [f"\t\treverse_proxy {route.upstream} {{", "\t\t\tflush_interval -1", "\t\t}", "\t}"]
+    lines += [*_proxy(route.upstream, "\t\t"), "\t}"]
+    return lines
+
+
+def _granted_route_block(index: int, route: Route) -> list[str]:
+    """An edge route: each grant a named matcher (subject AND method AND path), anything else 403.
+
+    Matchers are evaluated after `handle_path` strips the prefix, so grant paths
+    are the upstream's own. Caddy's path matcher compares the cleaned, unescaped
+    path, so a `..` or `%xx` spelling of a refused endpoint is refused too.
+    """
+    if not route.grants:
+        raise ValueError(f"edge route {route.prefix}: no client is granted it (every edge route names its clients)")
+    directive = "handle_path" if route.strip_prefix else "handle"
+    lines = [f"\t{directive} {route.prefix}* {{"]
+    for i, grant in enumerate(route.grants):
+        matcher = f"@route{index}_grant{i}"
+        lines += [
+            f"\t\t{matcher} {{",
+            f"\t\t\tvars {CLIENT_SUBJECT} {' '.join(_quoted(s) for s in grant.subjects)}",
+        ]
+        if grant.methods:
+            lines.append(f"\t\t\tmethod {' '.join(grant.methods)}")
+        if grant.paths:
+            lines.append(f"\t\t\tpath {' '.join(grant.paths)}")
+        lines += ["\t\t}", f"\t\thandle {matcher} {{", *_proxy(route.upstream, "\t\t\t"), "\t\t}"]
+    lines += ["\t\thandle {", '\t\t\trespond "forbidden for this client certificate" 403', "\t\t}", "\t}"]
     return lines
 
 
 def edge_caddyfile(routes: Sequence[Route]) -> str:
-    """A host's edge: TLS with a required, verified client certificate from the CA."""
+    """A host's edge: TLS with a required, verified client certificate from the CA,
+    and per route only the certificates (subjects) its grants name."""
     # With client_auth Caddy turns on strict SNI-Host matching and answers 421
     # whenever the Host header is not the TLS server name: the egress (SNI = the
     # host's name, Host = the egress's own) and Prometheus (Host = an address)
@@ -117,8 +211,8 @@ def edge_caddyfile(routes: Sequence[Route]) -> str:
         "\t\t}",
         "\t}",
     ]
-    for route in routes:
-        lines += _route_block(route, None)
+    for index, route in enumerate(routes):
+        lines += _granted_route_block(index, route)
     lines += ["\trespond 404", "}", ""]
     return "\n".join(lines)
 
@@ -131,7 +225,7 @@ def egress_caddyfile(upstreams: Sequence[Upstream], base_port: int = EGRESS_BASE
         lines += [
             f":{base_port + i} {{",
             f"\trewrite * {upstream.prefix}{{uri}}",
-            f"\treverse_proxy https://{upstream.address}:{upstream.port} {{",
+            f"\treverse_proxy https://{host_port(upstream.address, upstream.port)} {{",
             "\t\tflush_interval -1",
             "\t\ttransport http {",
             f"\t\t\ttls_client_auth {CERT} {KEY}",
@@ -199,6 +293,9 @@ class TlsEdgeArgs(TypedDict):
     """The host's cluster address the edge port is published on."""
     port: int
     labels: dict[str, str]
+    memory_mb: int
+    """The container's limits (`resources.edge`, counted by the host's memory check)."""
+    cpus: float
 
 
 class TlsEdge(pulumi.ComponentResource):
@@ -218,7 +315,7 @@ class TlsEdge(pulumi.ComponentResource):
             publish=[Publish(EDGE_PORT, args["port"], args["address"])],
             opts=child_options(self, opts),
         )
-        self.url = f"https://{args['address']}:{args['port']}"
+        self.url = f"https://{host_port(args['address'], args['port'])}"
         self.register_outputs({"url": self.url})
 
 
@@ -231,6 +328,9 @@ class EgressArgs(TypedDict):
     tls_files: dict[str, pulumi.Output[str]]
     """The head's client certificate."""
     labels: dict[str, str]
+    memory_mb: int
+    """The container's limits (`resources.egress`, counted by the head's memory check)."""
+    cpus: float
 
 
 class Egress(pulumi.ComponentResource):
@@ -265,6 +365,9 @@ class PublicProxyArgs(TypedDict):
     default_upstream: str
     labels: dict[str, str]
     protect: bool
+    memory_mb: int
+    """The container's limits (`resources.proxy`, counted by the head's memory check)."""
+    cpus: float
     acme_email: NotRequired[str]
     """ACME (Let's Encrypt) account email; without it the internal CA's certificate is served."""
     tls_files: NotRequired[dict[str, pulumi.Output[str]]]
@@ -312,8 +415,8 @@ class PublicProxy(pulumi.ComponentResource):
                 # no capabilities, on high ports inside the container.
                 user=None,
                 healthcheck=HEALTH,
-                memory_mb=512,
-                cpus=1,
+                memory_mb=args["memory_mb"],
+                cpus=args["cpus"],
                 labels=args["labels"],
             ),
             child,
@@ -346,8 +449,8 @@ def _internal_caddy(
             publish=publish,
             user=CADDY_UID,
             healthcheck=HEALTH,
-            memory_mb=256,
-            cpus=1,
+            memory_mb=args["memory_mb"],
+            cpus=args["cpus"],
             labels=args["labels"],
         ),
         opts,

@@ -21,6 +21,7 @@ from typing import NotRequired, TypedDict
 import pulumi
 from pulumi_command import remote
 
+from components.addresses import host_port
 from components.hardened import (
     SECRETS_DIR,
     Healthcheck,
@@ -107,7 +108,7 @@ def worker_command(
         protocol = "tls" if tls else "tcp"
         command += [
             "--listen-address", f"{protocol}://0.0.0.0:{reachable.port}",
-            "--contact-address", f"{protocol}://{reachable.address}:{reachable.port}",
+            "--contact-address", f"{protocol}://{host_port(reachable.address, reachable.port)}",
         ]  # fmt: skip
     command += _tls_flags(tls)
     if gpus > 0:

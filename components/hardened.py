@@ -25,6 +25,10 @@ SECRETS_DIR = "/run/secrets"
 CONFIG_DIR = "/etc/cluster-ai"
 # Host paths no container gets, not even read-only: they are root on the host.
 FORBIDDEN_HOST_PATHS = ("/var/run", "/run", "/var/run/docker.sock", "/run/docker.sock", "/run/containerd")
+# Where engine sockets live (Docker's, containerd's, rootless Docker's under
+# /run/user): a host path above them must mask them with an empty tmpfs.
+SOCKET_DIRS = ("/run", "/var/run")
+MASK_TMPFS = "ro,nosuid,nodev,noexec,size=4k,mode=0555"
 # Images without `*_FILE` support get their secret env vars from files through
 # this loader: the values never appear in `docker inspect` or in the env input.
 SECRET_ENV_PREFIX = "env."
@@ -91,11 +95,23 @@ class HostPath:
     target: str
     propagation: str | None = None
     """`rslave` for the host's root, so filesystems mounted later are seen too."""
+    masks: Sequence[str] = ()
+    """Host paths under `source` hidden under an empty read-only tmpfs in the container.
+
+    Required for every socket directory (`SOCKET_DIRS`) below `source`: a mount of
+    the host's `/` must not carry the engine's socket with it."""
 
     def __post_init__(self) -> None:
         if not self.source.startswith("/") or not self.target.startswith("/"):
             raise ValueError(f"host path {self.source} -> {self.target}: both must be absolute")
         normalized = self.source.rstrip("/") or "/"
+        below = [d for d in SOCKET_DIRS if normalized == "/" or d.startswith(normalized + "/")]
+        unmasked = [d for d in below if d not in self.masks]
+        if unmasked:
+            raise ValueError(f"host path {self.source}: mask {', '.join(unmasked)} (the container engine's socket)")
+        for mask in self.masks:
+            if not (normalized == "/" or mask.startswith(normalized + "/")):
+                raise ValueError(f"host path {self.source}: mask {mask} is not below it")
         if normalized.endswith(".sock") or any(
             normalized == p or normalized.startswith(p + "/") for p in FORBIDDEN_HOST_PATHS
         ):
@@ -122,7 +138,8 @@ class ServiceContainer:
     """The service's name: its label, and the role the policy pack knows it by."""
     image: str
     networks: Sequence[NetworkAttachment]
-    healthcheck: Healthcheck
+    healthcheck: Healthcheck | None
+    """Required for a service; None for a task (`run_once`), which has nothing to probe."""
     memory_mb: int
     cpus: float
     command: Sequence[pulumi.Input[str]] | None = None
@@ -152,6 +169,10 @@ class ServiceContainer:
     stop_grace_s: int = 30
     wait_healthy: bool = True
     """Let `pulumi up` wait for the healthcheck, so dependants start on a live service."""
+    run_once: bool = False
+    """A task, not a service: `pulumi up` waits for it to exit (attach) and records its exit
+    code and output; it is never restarted, and a task that has exited is not drift. It runs
+    through the host's own Docker provider, so it needs no other connection to the host."""
 
 
 def hardened_container(
@@ -165,6 +186,8 @@ def hardened_container(
         raise ValueError(f"{name}: a service container needs at least one private network")
     if spec.pid_mode not in (None, "host"):
         raise ValueError(f"{name}: pid_mode may only be 'host' (an exporter reading the host's processes)")
+    if spec.run_once != (spec.healthcheck is None):
+        raise ValueError(f"{name}: a service needs a healthcheck, and only a task (run_once) goes without one")
     image = docker.RemoteImage(
         f"{name}-image",
         name=spec.image,
@@ -211,6 +234,8 @@ def hardened_container(
             # A published port or a data volume cannot be held by two containers
             # at once: replace by stopping the old one first.
             delete_before_replace=bool(spec.publish or spec.mounts),
+            # The container's own (a task re-runs when what it works on is replaced).
+            replacement_trigger=opts.replacement_trigger,
         ),
     )
     return docker.Container(
@@ -231,17 +256,7 @@ def hardened_container(
         # Swap would let a container overrun its memory limit on disk.
         memory_swap=spec.memory_mb,
         cpus=f"{spec.cpus:g}",
-        restart=RESTART_POLICY,
-        max_retry_count=MAX_RESTARTS,
-        healthcheck=docker.ContainerHealthcheckArgs(
-            tests=list(spec.healthcheck.test),
-            interval=f"{spec.healthcheck.interval_s}s",
-            timeout=f"{spec.healthcheck.timeout_s}s",
-            retries=spec.healthcheck.retries,
-            start_period=f"{spec.healthcheck.start_period_s}s",
-        ),
-        wait=spec.wait_healthy,
-        wait_timeout=spec.healthcheck.start_period_s + spec.healthcheck.interval_s * (spec.healthcheck.retries + 1),
+        **_lifecycle(spec),
         log_driver="json-file",
         log_opts=LOG_OPTS,
         labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in sorted(_labels(name, spec).items())],
@@ -269,13 +284,45 @@ def hardened_container(
             for h in spec.host_paths
         ]
         or None,
-        tmpfs=dict(spec.tmpfs) or None,
+        tmpfs={**dict(spec.tmpfs), **_masks(spec.host_paths)} or None,
         gpus=spec.gpus,
         pid_mode=spec.pid_mode,
         init=True,
         destroy_grace_seconds=spec.stop_grace_s,
         opts=container_opts,
     )
+
+
+def _lifecycle(spec: ServiceContainer) -> dict[str, object]:
+    """How the container lives: a service restarts (bounded) and is waited on until healthy;
+    a task runs once to its end while `up` waits for it (attach) and keeps its output (logs)."""
+    if spec.healthcheck is None:
+        # must_run=False: an exited task is its finished state, not drift to repair.
+        return {"restart": "no", "must_run": False, "attach": True, "logs": True, "wait": False}
+    check = spec.healthcheck
+    return {
+        "restart": RESTART_POLICY,
+        "max_retry_count": MAX_RESTARTS,
+        "healthcheck": docker.ContainerHealthcheckArgs(
+            tests=list(check.test),
+            interval=f"{check.interval_s}s",
+            timeout=f"{check.timeout_s}s",
+            retries=check.retries,
+            start_period=f"{check.start_period_s}s",
+        ),
+        "wait": spec.wait_healthy,
+        "wait_timeout": check.start_period_s + check.interval_s * (check.retries + 1),
+    }
+
+
+def _masks(host_paths: Sequence[HostPath]) -> dict[str, str]:
+    """Container path -> tmpfs options hiding each masked host directory (see `HostPath.masks`)."""
+    out: dict[str, str] = {}
+    for host_path in host_paths:
+        source = host_path.source.rstrip("/")
+        for mask in host_path.masks:
+            out[host_path.target.rstrip("/") + mask[len(source) :]] = MASK_TMPFS
+    return out
 
 
 def data_volume(

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import re
 from typing import NotRequired, TypedDict
 
 import pulumi
 import pulumi_docker as docker
 
+from components.addresses import ssh_address, url_host
 from components.bootstrap import HostBootstrap, HostBootstrapArgs
+
+__all__ = ["DockerHost", "DockerHostArgs", "known_hosts_line", "ssh_options", "url_host"]
+
+
+# What may reach ssh's KnownHostsCommand: ssh splits it on spaces and expands `%`
+# tokens in it, so only an address or DNS name and a `type base64` key get there.
+_HOST_KEY = re.compile(r"^[a-z0-9-]{1,40} [A-Za-z0-9+/]{16,}={0,2}$")
 
 
 def known_hosts_line(address: str, port: int, host_key: str) -> str:
-    """The known_hosts entry for a pinned key (`[address]:port` off port 22)."""
+    """The known_hosts entry for a pinned key (`[address]:port` off port 22, IPv6 included)."""
+    address = ssh_address(address)
+    if not _HOST_KEY.fullmatch(host_key):
+        raise ValueError(f"host key {host_key!r}: must be `type base64`, as ssh-keyscan prints it")
     return f"{address if port == 22 else f'[{address}]:{port}'} {host_key}"
 
 
@@ -31,8 +43,9 @@ def ssh_options(address: str, port: int, host_key: str, private_key_path: str) -
         "-o", "IdentitiesOnly=yes",
         "-o", "ConnectTimeout=15",
         "-o", "ServerAliveInterval=30",
-        "-i", private_key_path,
-        "-p", str(port),
+        # `-i` takes the next word whatever it is; a path is never an option.
+        "-i", private_key_path if not private_key_path.startswith("-") else f"./{private_key_path}",
+        "-p", str(int(port)),
     ]  # fmt: skip
 
 

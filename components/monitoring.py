@@ -14,10 +14,11 @@ stated here and keyed on the `cluster-ai.service` label for the policy pack:
 
 | service | exception | why |
 |---|---|---|
-| node-exporter | host PID namespace; host `/` read-only at `/host` | the host's processes, filesystems and hardware |
-| cadvisor | host `/sys` read-only; runs as root | cgroup statistics of every container |
-| alloy | host `/var/lib/docker/containers` read-only; runs as root | container log files are root's, mode 0640 |
-| dcgm-exporter | SYS_ADMIN; the GPUs; runs as root | DCGM's profiling counters |
+| node-exporter | host PID namespace; host `/` read-only at `/host`, its `/run` and `/var/run` masked by empty tmpfs; nobody, no supplementary group | the host's processes, filesystems and hardware, never its sockets |
+| cadvisor | host `/sys` read-only; runs as root (no capability) | cgroup statistics of every container; `/sys` holds no socket |
+| alloy | host `/var/lib/docker/containers` read-only; runs as root (no capability) | container log files are root's, mode 0640; no socket lives there |
+| dcgm-exporter | the GPUs; runs as root (no capability) | device fields only (`DCGM_COUNTERS`): no profiling field, so no SYS_ADMIN |
+| backup-metrics (head) | the backup volume read-only, as the backup's uid | publishes its last-success time for the node exporter (a shared tmpfs) |
 
 No container gets the Docker socket (CIS 5.31): cAdvisor therefore reports
 containers by cgroup id, and Alloy reads the json-file logs, whose lines carry
@@ -31,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from typing import NotRequired, TypedDict
 
 import pulumi
+import pulumi_docker as docker
 import pulumi_random as random
 import yaml
 
@@ -41,6 +43,7 @@ from components.grafana_config import grafana_env, provisioning_files
 from components.hardened import (
     CONFIG_DIR,
     SECRETS_DIR,
+    SOCKET_DIRS,
     Healthcheck,
     HostPath,
     Mount,
@@ -64,6 +67,21 @@ POSTGRES_EXPORTER_PORT = 9187
 REDIS_EXPORTER_PORT = 9121
 
 NOBODY = "65534:65534"
+# The node exporter's default exclusion, plus /run (masked, a tmpfs on every host).
+NODE_MOUNT_POINTS_EXCLUDE = "^/(dev|proc|run|sys|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)"
+DCGM_COUNTERS_FILE = "dcgm-counters.csv"
+# Every DCGM field the alert rules (components/monitoring_config.py) and the
+# dashboards (monitoring/dashboards) use; none is a profiling (DCGM_FI_PROF_*) one.
+DCGM_COUNTERS = (
+    ("DCGM_FI_DEV_GPU_TEMP", "gauge", "GPU temperature (in C)."),
+    ("DCGM_FI_DEV_POWER_USAGE", "gauge", "Power draw (in W)."),
+    ("DCGM_FI_DEV_SM_CLOCK", "gauge", "SM clock frequency (in MHz)."),
+    ("DCGM_FI_DEV_GPU_UTIL", "gauge", "GPU utilization (in %)."),
+    ("DCGM_FI_DEV_MEM_COPY_UTIL", "gauge", "Memory utilization (in %)."),
+    ("DCGM_FI_DEV_FB_FREE", "gauge", "Framebuffer memory free (in MiB)."),
+    ("DCGM_FI_DEV_FB_USED", "gauge", "Framebuffer memory used (in MiB)."),
+    ("DCGM_FI_DEV_XID_ERRORS", "gauge", "Value of the last XID error encountered."),
+)
 GRAFANA_UID = "472:0"
 LOKI_UID = "10001:10001"
 # TLS files of a service's client certificate, where hardened_container puts secrets.
@@ -144,24 +162,22 @@ class HostExporters(pulumi.ComponentResource):
             "--path.rootfs=/host",
             f"--web.listen-address=:{NODE_EXPORTER_PORT}",
             f"--collector.textfile.directory={TEXTFILE_DIR}",
+            # /run is masked (below) and a tmpfs anyway: not one of the host's disks.
+            f"--collector.filesystem.mount-points-exclude={NODE_MOUNT_POINTS_EXCLUDE}",
         ]
         node_mounts: list[Mount] = []
-        entrypoint = None
-        config_files: dict[str, pulumi.Input[str]] = {}
-        user = NOBODY
+        node_tmpfs = {TEXTFILE_DIR: _tmpfs(NOBODY, "1m")}
+        self.backup_metrics = None
         if "backup_volume" in args:
-            # The backup service writes its last-success time (0600, its own uid):
-            # read it as that uid, and publish it through the textfile collector.
-            user = BACKUP_UID
-            node_mounts.append(Mount(volume=args["backup_volume"], target=BACKUP_MOUNT, read_only=True))
-            config_files["backup-textfile.sh"] = backup_textfile_script()
-            entrypoint = [
-                "/bin/sh",
-                "-c",
-                f"sh {CONFIG_DIR}/backup-textfile.sh {BACKUP_MOUNT}/{LAST_SUCCESS} {TEXTFILE_DIR} "
-                f'{TEXTFILE_INTERVAL_S} & exec /bin/node_exporter "$@"',
-                "node-exporter",
-            ]
+            # The backup's last-success file is 0600, its own uid's: a sidecar of
+            # that uid (and no host access) publishes it into a shared tmpfs the
+            # node exporter reads, so the exporter itself stays nobody.
+            textfile = textfile_volume(f"{name}-textfile", labels, child)
+            node_mounts.append(Mount(volume=textfile.name, target=TEXTFILE_DIR, read_only=True))
+            node_tmpfs = {}
+            self.backup_metrics = _backup_metrics(
+                name, node["image"], net, args["backup_volume"], textfile, labels, child
+            )
         self.node_exporter = hardened_container(
             f"{name}-node-exporter",
             ServiceContainer(
@@ -169,14 +185,14 @@ class HostExporters(pulumi.ComponentResource):
                 image=node["image"],
                 networks=[NetworkAttachment(net, aliases=["node-exporter"])],
                 command=node_command,
-                entrypoint=entrypoint,
-                config_files=config_files,
                 mounts=node_mounts,
-                # The host's processes (procs_running, ...) and its filesystems.
+                # The host's processes (procs_running, ...) and its filesystems, but
+                # not its sockets: /run and /var/run (Docker's, containerd's) are masked.
                 pid_mode="host",
-                host_paths=[HostPath("/", "/host", propagation="rslave")],
-                tmpfs={TEXTFILE_DIR: _tmpfs(user, "1m")},
-                user=user,
+                host_paths=[HostPath("/", "/host", propagation="rslave", masks=SOCKET_DIRS)],
+                tmpfs=node_tmpfs,
+                # nobody, no supplementary group: not the docker group of any host.
+                user=NOBODY,
                 healthcheck=wget_health(NODE_EXPORTER_PORT),
                 memory_mb=node["memory_mb"],
                 cpus=node["cpus"],
@@ -266,10 +282,15 @@ class HostExporters(pulumi.ComponentResource):
                     service="dcgm-exporter",
                     image=dcgm["image"],
                     networks=[NetworkAttachment(net, aliases=["dcgm-exporter"])],
-                    env={"DCGM_EXPORTER_LISTEN": f":{DCGM_PORT}", "DCGM_EXPORTER_KUBERNETES": "false"},
+                    env={
+                        "DCGM_EXPORTER_LISTEN": f":{DCGM_PORT}",
+                        "DCGM_EXPORTER_KUBERNETES": "false",
+                        # Only the device fields the rules and dashboards use (`-f`): no
+                        # profiling (DCGM_FI_PROF_*) field, so DCGM needs no SYS_ADMIN.
+                        "DCGM_EXPORTER_COLLECTORS": f"{CONFIG_DIR}/{DCGM_COUNTERS_FILE}",
+                    },
+                    config_files={DCGM_COUNTERS_FILE: dcgm_counters_csv()},
                     gpus="all",
-                    # DCGM programs the GPUs' profiling counters; nothing else is added.
-                    cap_add=["SYS_ADMIN"],
                     # DCGM's embedded host engine writes its log under /var/log.
                     tmpfs={"/tmp": _tmpfs(size="64m"), "/var/log": _tmpfs(size="64m")},
                     user=None,
@@ -318,7 +339,9 @@ class MonitoringStackArgs(TypedDict):
     redis: tuple[str, pulumi.Input[str]]
     """(redis://host:port, password (secret)) the Redis exporter logs in with."""
     tls_files: NotRequired[dict[str, pulumi.Output[str]]]
-    """Prometheus's and the blackbox exporter's client certificate (targets behind TLS edges)."""
+    """Prometheus's client certificate (targets behind TLS edges)."""
+    blackbox_tls_files: NotRequired[dict[str, pulumi.Output[str]]]
+    """The blackbox exporter's own client certificate (probes through TLS edges)."""
     proxy_ca: NotRequired[pulumi.Output[str]]
     """The CA of the proxy's certificate when it is the internal one (blackbox verifies it)."""
     smtp_password: NotRequired[pulumi.Output[str]]
@@ -439,7 +462,7 @@ class MonitoringStack(pulumi.ComponentResource):
         )
 
         blackbox = args["blackbox_exporter"]
-        blackbox_secrets = dict(tls_files)
+        blackbox_secrets = dict(args.get("blackbox_tls_files", {}))
         if "proxy_ca" in args:
             blackbox_secrets["proxy-ca.pem"] = args["proxy_ca"]
         self.blackbox = hardened_container(
@@ -528,12 +551,17 @@ class MonitoringStack(pulumi.ComponentResource):
                 service="grafana",
                 image=grafana["image"],
                 networks=[NetworkAttachment(net, aliases=["grafana"])],
-                env=grafana_env(
-                    root_url=args["grafana_root_url"],
-                    sub_path=args["grafana_sub_path"],
-                    secure_cookies=args["grafana_root_url"].startswith("https://"),
-                    admin_user=GRAFANA_ADMIN,
-                ),
+                env={
+                    **grafana_env(
+                        root_url=args["grafana_root_url"],
+                        sub_path=args["grafana_sub_path"],
+                        secure_cookies=args["grafana_root_url"].startswith("https://"),
+                        admin_user=GRAFANA_ADMIN,
+                    ),
+                    # Grafana would serve its own /metrics (behind the proxy: to the
+                    # internet); nothing scrapes it, so it is off.
+                    "GF_METRICS_ENABLED": "false",
+                },
                 config_files=dict(provisioning_files(args["grafana_datasources"])),
                 secret_files={"grafana_admin_password": self.grafana_admin_password},
                 mounts=[Mount(volume=grafana_data.name, target="/var/lib/grafana")],
@@ -549,6 +577,70 @@ class MonitoringStack(pulumi.ComponentResource):
         )
         self.grafana_url = f"http://grafana:{GRAFANA_PORT}{sub_path}"
         self.register_outputs({"grafanaUrl": self.grafana_url})
+
+
+def textfile_volume(name: str, labels: Mapping[str, str], opts: pulumi.ResourceOptions) -> docker.Volume:
+    """A small tmpfs-backed volume the backup sidecar writes (as its uid) and the node exporter reads."""
+    uid, _, gid = BACKUP_UID.partition(":")
+    return docker.Volume(
+        name,
+        driver="local",
+        driver_opts={"type": "tmpfs", "device": "tmpfs", "o": f"size=1m,uid={uid},gid={gid},mode=0755,noexec,nosuid"},
+        labels=[
+            docker.VolumeLabelArgs(label=k, value=v)
+            for k, v in sorted(
+                {**labels, "cluster-ai.service": "backup-metrics", "cluster-ai.volume": "scratch"}.items()
+            )
+        ],
+        opts=pulumi.ResourceOptions(parent=opts.parent, provider=opts.provider, depends_on=opts.depends_on),
+    )
+
+
+def _backup_metrics(
+    name: str,
+    image: str,
+    network: pulumi.Input[str],
+    backup_volume: pulumi.Input[str],
+    textfile: docker.Volume,
+    labels: Mapping[str, str],
+    opts: pulumi.ResourceOptions,
+) -> docker.Container:
+    """The backup's last-success time as a textfile metric: the node exporter's image, the backup's uid."""
+    prom = f"{TEXTFILE_DIR}/backup.prom"
+    return hardened_container(
+        f"{name}-backup-metrics",
+        ServiceContainer(
+            service="backup-metrics",
+            image=image,
+            networks=[NetworkAttachment(network)],
+            entrypoint=["/bin/sh"],
+            command=[
+                f"{CONFIG_DIR}/backup-textfile.sh",
+                f"{BACKUP_MOUNT}/{LAST_SUCCESS}",
+                TEXTFILE_DIR,
+                str(TEXTFILE_INTERVAL_S),
+            ],
+            config_files={"backup-textfile.sh": backup_textfile_script()},
+            mounts=[
+                Mount(volume=backup_volume, target=BACKUP_MOUNT, read_only=True),
+                Mount(volume=textfile.name, target=TEXTFILE_DIR),
+            ],
+            user=BACKUP_UID,
+            # Healthy once the metric is out, or while no backup has succeeded yet.
+            healthcheck=Healthcheck(
+                ["CMD-SHELL", f"test -s {prom} || test ! -f {BACKUP_MOUNT}/{LAST_SUCCESS}"], start_period_s=30
+            ),
+            memory_mb=32,
+            cpus=0.1,
+            labels=labels,
+        ),
+        opts,
+    )
+
+
+def dcgm_counters_csv() -> str:
+    """dcgm-exporter's collectors file: field, Prometheus type, help (its CSV format)."""
+    return "".join(f"{field}, {kind}, {help_text}\n" for field, kind, help_text in DCGM_COUNTERS)
 
 
 def edge_route_names(workers: Sequence[str], gpu: bool) -> dict[str, str]:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NotRequired, TypedDict
 
 import pulumi
-from pulumi_command import remote
 
 from components.hardened import (
     Healthcheck,
@@ -21,7 +19,6 @@ from components.hardened import (
     data_volume,
     hardened_container,
 )
-from components.hostexec import host_command
 
 PORT = 11434
 ALIAS = "ollama"
@@ -48,6 +45,9 @@ class OllamaArgs(TypedDict):
     """A pinned image with Python 3 (the Dask image) to run the model sync in."""
     memory_mb: int
     cpus: float
+    sync_memory_mb: int
+    """The model sync task's limits (`resources.modelSync`, counted by the host's memory check)."""
+    sync_cpus: float
     protect: bool
     """Protect the model volume and keep it on delete (prod)."""
     labels: dict[str, str]
@@ -56,26 +56,34 @@ class OllamaArgs(TypedDict):
     port: NotRequired[int]
     gpus: NotRequired[str]
     """`all` or `device=0,1` for a GPU host."""
-    connection: NotRequired[remote.ConnectionArgs]
-    """SSH to the host, for the model sync; absent for a local Docker host."""
-    docker_host: NotRequired[str]
-    """The local Docker endpoint, for the model sync on a local host."""
 
 
-def sync_command(network: str, image: str, models: Sequence[ModelPinArgs]) -> str:
-    """The shell command that runs the model sync next to Ollama; the script comes on stdin."""
+def sync_arguments(models: Sequence[ModelPinArgs]) -> list[str]:
+    """The model sync's command line: the script itself, then what it must converge on.
+
+    The pins are one JSON argument (data, never shell text); the script runs from `-c`
+    so the task's read-only container needs nothing uploaded.
+    """
     pins = json.dumps([{"name": m["name"], "digest": m["digest"]} for m in models], sort_keys=True)
-    return shlex.join(
-        [
-            "docker", "run", "--rm", "-i",
-            "--network", network,
-            "--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges:true",
-            "--user", SYNC_USER, "--memory", "256m", "--cpus", "0.5", "--pids-limit", "64",
-            "--label", "cluster-ai.service=ollama-model-sync",
-            image,
-            "python", "-", "--url", f"http://{ALIAS}:{PORT}", "--pins", pins,
-        ]
-    )  # fmt: skip
+    return ["python", "-c", SYNC_SCRIPT.read_text(), "--url", f"http://{ALIAS}:{PORT}", "--pins", pins]
+
+
+class ModelSyncError(Exception):
+    """The model sync exited non-zero: `pulumi up` fails with its own words."""
+
+
+def sync_result(exit_code: int | None, logs: str | None) -> dict[str, Any]:
+    """Model -> digest from a finished sync; raise with the sync's errors when it failed.
+
+    Unknown during a preview (no exit code yet): nothing to report.
+    """
+    if exit_code is None:
+        return {}
+    if exit_code != 0:
+        lines = [line for line in (logs or "").splitlines() if line.strip()]
+        detail = "\n".join(lines[-20:]) or "(no output)"
+        raise ModelSyncError(f"the model sync exited with {exit_code}:\n{detail}")
+    return parse_sync_summary(logs or "")
 
 
 def parse_sync_summary(stdout: str) -> dict[str, Any]:
@@ -130,21 +138,34 @@ class Ollama(pulumi.ComponentResource):
             ),
             child,
         )
-        models = list(args["models"])
-        sync_image = args["sync_image"]
-        command = pulumi.Output.from_input(args["network"]).apply(lambda net: sync_command(net, sync_image, models))
-        self.sync = host_command(
+        # The sync is a task on the same host and network, run by the host's own Docker
+        # provider: `up` waits for it and fails with its errors. A new Ollama container
+        # or model volume replaces the task (replacement_trigger): a fresh sync runs.
+        self.sync = hardened_container(
             f"{name}-model-sync",
-            create=command,
-            stdin=SYNC_SCRIPT.read_text(),
-            # A new Ollama container (or volume) must be synced again.
-            triggers=[self.container.id, volume.name],
-            connection=args.get("connection"),
-            docker_host=args.get("docker_host"),
-            opts=pulumi.ResourceOptions.merge(
-                child_options(self, opts), pulumi.ResourceOptions(depends_on=[self.container])
+            ServiceContainer(
+                service="ollama-model-sync",
+                image=args["sync_image"],
+                networks=[NetworkAttachment(args["network"])],
+                command=sync_arguments(args["models"]),
+                healthcheck=None,
+                run_once=True,
+                # It needs no identity and no privilege.
+                user=SYNC_USER,
+                memory_mb=args["sync_memory_mb"],
+                cpus=args["sync_cpus"],
+                labels=args["labels"],
+            ),
+            pulumi.ResourceOptions.merge(
+                child,
+                pulumi.ResourceOptions(
+                    depends_on=[self.container],
+                    replacement_trigger=pulumi.Output.all(self.container.id, volume.name),
+                ),
             ),
         )
         self.url = f"http://{ALIAS}:{PORT}"
-        self.models = self.sync.stdout.apply(parse_sync_summary)
+        self.models = pulumi.Output.all(self.sync.exit_code, self.sync.container_logs).apply(
+            lambda result: sync_result(result[0], result[1])
+        )
         self.register_outputs({"url": self.url, "models": self.models})

@@ -9,6 +9,7 @@ Private keys are secret Outputs; the CA key never leaves the Pulumi state.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypedDict
@@ -20,6 +21,11 @@ SERVER_USAGES = ("digital_signature", "key_encipherment", "server_auth")
 CLIENT_USAGES = ("digital_signature", "key_encipherment", "client_auth")
 PEER_USAGES = ("digital_signature", "key_encipherment", "server_auth", "client_auth")
 CA_USAGES = ("cert_signing", "crl_signing", "digital_signature")
+ORGANIZATION = "cluster-ai"
+# Names that Go prints verbatim in a subject (`pkix.Name.String()` escapes
+# `,+"\<>;`, a leading `#` or space and a trailing space): a subject built from
+# these is the exact text Caddy's `{http.request.tls.client.subject}` shows.
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class CertificateAuthorityArgs(TypedDict):
@@ -81,6 +87,27 @@ class CertSpec:
     usages: Sequence[str] = PEER_USAGES
     validity_days: int = 365
     early_renewal_days: int = 30
+    role: str | None = None
+    """The client's role (subject OU: `egress`, `prometheus`, ...): what the TLS edges authorise.
+
+    Host and Dask certificates carry none, so no host name can pose as a role."""
+
+    def __post_init__(self) -> None:
+        if self.role is not None:
+            for what, value in (("common name", self.common_name), ("role", self.role)):
+                if _PLAIN_NAME.fullmatch(value) is None:
+                    raise ValueError(f"certificate {self.common_name!r}: {what} {value!r} is not a plain name")
+
+    @property
+    def subject(self) -> str:
+        """The subject as Go prints it (`CN=...,OU=...,O=cluster-ai`): what the edges match."""
+        return client_subject(self.common_name, self.role)
+
+
+def client_subject(common_name: str, role: str | None) -> str:
+    """`pkix.Name.String()` of the subject `issue_certificate` writes (reverse RDN order)."""
+    parts = [f"CN={common_name}"] + ([f"OU={role}"] if role is not None else []) + [f"O={ORGANIZATION}"]
+    return ",".join(parts)
 
 
 @dataclass(frozen=True)
@@ -91,6 +118,8 @@ class IssuedCert:
     """Secret."""
     cert_pem: pulumi.Output[str]
     ca_cert_pem: pulumi.Output[str]
+    subject: str = ""
+    """The certificate's subject as the TLS edges see it (see `CertSpec.subject`)."""
 
     def files(self, prefix: str = "tls") -> dict[str, pulumi.Output[str]]:
         """The three PEM files a service mounts: `<prefix>.key`, `<prefix>.crt`, `ca.pem`."""
@@ -112,7 +141,9 @@ def issue_certificate(
     request = tls.CertRequest(
         f"{name}-csr",
         private_key_pem=private_key_pem,
-        subject=tls.CertRequestSubjectArgs(common_name=spec.common_name, organization="cluster-ai"),
+        subject=tls.CertRequestSubjectArgs(
+            common_name=spec.common_name, organization=ORGANIZATION, organizational_unit=spec.role
+        ),
         dns_names=list(spec.dns_names) or None,
         ip_addresses=list(spec.ip_addresses) or None,
         opts=child,
@@ -127,4 +158,4 @@ def issue_certificate(
         allowed_uses=list(spec.usages),
         opts=child,
     )
-    return IssuedCert(private_key_pem, cert.cert_pem, ca.cert_pem)
+    return IssuedCert(private_key_pem, cert.cert_pem, ca.cert_pem, spec.subject)

@@ -1,9 +1,17 @@
-"""Open WebUI: the chat UI, on PostgreSQL and Redis, talking to every Ollama."""
+"""Open WebUI: the chat UI, on PostgreSQL and Redis, talking to every Ollama.
+
+The environment is what Open WebUI 0.12 reads (open_webui/env.py and config.py of
+the pinned release; tests/integration/test_webui_real.py runs that release with
+exactly this environment). Every variable is read by Open WebUI itself unless its
+comment names the dependency that reads it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import NotRequired, TypedDict
+
+import ipaddress
 
 import pulumi
 import pulumi_random as random
@@ -21,6 +29,11 @@ from components.hardened import (
 
 PORT = 8080
 ALIAS = "webui"
+DATA_DIR = "/app/backend/data"
+# The image's start command (backend/start.sh): it runs
+# `uvicorn open_webui.main:app --host 0.0.0.0 --port 8080 --forwarded-allow-ips '*'`
+# in /app/backend, and generates a secret key only when WEBUI_SECRET_KEY is unset.
+START_COMMAND = ("bash", "start.sh")
 
 
 class OpenWebUIArgs(TypedDict):
@@ -69,30 +82,7 @@ class OpenWebUI(pulumi.ComponentResource):
         publish = []
         if "publish_address" in args:
             publish = [Publish(PORT, args.get("publish_port", PORT), args["publish_address"])]
-        env = {
-            "OLLAMA_BASE_URLS": ";".join(args["ollama_urls"]),
-            "ENABLE_OLLAMA_API": "True",
-            "ENABLE_OPENAI_API": "False",
-            "WEBSOCKET_MANAGER": "redis",
-            "ENABLE_WEBSOCKET_SUPPORT": "True",
-            "ENABLE_SIGNUP": "False",
-            "DEFAULT_USER_ROLE": "pending",
-            # Env stays authoritative: a setting changed in the UI does not
-            # silently outlive the stack config.
-            "ENABLE_PERSISTENT_CONFIG": "False",
-            "WEBUI_NAME": args["name"],
-            "WEBUI_ADMIN_EMAIL": args["admin_email"],
-            "WEBUI_ADMIN_NAME": args["admin_name"],
-            "DATA_DIR": "/app/backend/data",
-            "ANONYMIZED_TELEMETRY": "False",
-            "DO_NOT_TRACK": "True",
-            "SCARF_NO_ANALYTICS": "True",
-            # No model hub downloads at start: the cluster's models come from Ollama.
-            "HF_HUB_OFFLINE": "1",
-            "OFFLINE_MODE": "True",
-        }
-        if "public_url" in args:
-            env["WEBUI_URL"] = args["public_url"]
+        env = webui_env(args)
         self.container = hardened_container(
             name,
             ServiceContainer(
@@ -102,16 +92,15 @@ class OpenWebUI(pulumi.ComponentResource):
                     NetworkAttachment(net, aliases=[ALIAS] if i == 0 else []) for i, net in enumerate(args["networks"])
                 ],
                 # The image's own start command, behind the secret-env loader.
-                command=["bash", "start.sh"],
+                command=list(START_COMMAND),
                 env=env,
                 secret_env={
                     "DATABASE_URL": pulumi.Output.secret(args["database_url"]),
                     "REDIS_URL": pulumi.Output.secret(args["redis_url"]),
-                    "WEBSOCKET_REDIS_URL": pulumi.Output.secret(args["redis_url"]),
                     "WEBUI_SECRET_KEY": self.secret_key,
                     "WEBUI_ADMIN_PASSWORD": pulumi.Output.secret(args["admin_password"]),
                 },
-                mounts=[Mount(volume=volume.name, target="/app/backend/data")],
+                mounts=[Mount(volume=volume.name, target=DATA_DIR)],
                 tmpfs={"/tmp": "rw,nosuid,size=256m"},
                 publish=publish,
                 # Open WebUI writes into its own install tree at start (static
@@ -131,3 +120,56 @@ class OpenWebUI(pulumi.ComponentResource):
         )
         self.url = f"http://{ALIAS}:{PORT}"
         self.register_outputs({"url": self.url, "volume": volume.name})
+
+
+def local_origin(address: str, port: int) -> str:
+    """The browser origin of a port published on `address`: `http://127.0.0.1:3000`, `http://[::1]:3000`."""
+    host = ipaddress.ip_address(address)
+    return f"http://[{host}]:{port}" if host.version == 6 else f"http://{host}:{port}"
+
+
+def webui_env(args: OpenWebUIArgs) -> dict[str, str]:
+    """The plain (non-secret) environment: what Open WebUI 0.12 reads, and nothing else.
+
+    Secrets (DATABASE_URL, REDIS_URL, WEBUI_SECRET_KEY, WEBUI_ADMIN_PASSWORD) come
+    through the secret-env loader, never through this mapping.
+    """
+    env = {
+        "OLLAMA_BASE_URLS": ";".join(args["ollama_urls"]),
+        "ENABLE_OLLAMA_API": "True",
+        "ENABLE_OPENAI_API": "False",
+        # Socket.IO sessions in Redis (REDIS_URL; WEBSOCKET_REDIS_URL defaults to it).
+        "WEBSOCKET_MANAGER": "redis",
+        "ENABLE_WEBSOCKET_SUPPORT": "True",
+        # The admin account is created at the first start from these and
+        # WEBUI_ADMIN_PASSWORD (only while no user exists); nobody signs up.
+        "WEBUI_ADMIN_EMAIL": args["admin_email"],
+        "WEBUI_ADMIN_NAME": args["admin_name"],
+        "ENABLE_SIGNUP": "False",
+        "DEFAULT_USER_ROLE": "pending",
+        # Env stays authoritative: with persistence off, a setting changed in the
+        # admin UI lives in that process only and is gone at the next start.
+        "ENABLE_PERSISTENT_CONFIG": "False",
+        "WEBUI_NAME": args["name"],
+        "DATA_DIR": DATA_DIR,
+        # No model hub downloads: the cluster's models come from Ollama.
+        "OFFLINE_MODE": "True",
+        # Read by huggingface_hub when it is imported (OFFLINE_MODE sets it too,
+        # but only once open_webui.env runs).
+        "HF_HUB_OFFLINE": "1",
+        # Read by chromadb (Open WebUI's default vector store): no product telemetry.
+        "ANONYMIZED_TELEMETRY": "False",
+        # Read by huggingface_hub: no telemetry.
+        "DO_NOT_TRACK": "True",
+    }
+    if "public_url" in args:
+        # Behind the TLS proxy: the one origin browsers use, and cookies sent over TLS only.
+        env["WEBUI_URL"] = args["public_url"]
+        env["CORS_ALLOW_ORIGIN"] = args["public_url"]
+        if args["public_url"].startswith("https://"):
+            env["WEBUI_AUTH_COOKIE_SECURE"] = "True"
+            env["WEBUI_SESSION_COOKIE_SECURE"] = "True"
+    elif "publish_address" in args:
+        # Dev: the published port is the only origin (Open WebUI's default is `*`).
+        env["CORS_ALLOW_ORIGIN"] = local_origin(args["publish_address"], args.get("publish_port", PORT))
+    return env

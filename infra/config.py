@@ -10,6 +10,8 @@ half-built stack behind.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
 import ipaddress
 import json
@@ -23,6 +25,7 @@ from typing import Annotated, Any, get_origin
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -30,6 +33,8 @@ from pydantic import (
     field_validator,
 )
 from pydantic.alias_generators import to_camel
+
+from components.addresses import url_host
 
 NAMESPACE = "cluster-ai"
 
@@ -88,10 +93,62 @@ DNS_NAME = re.compile(
 EMAIL = r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,253}$"
 DOCKER_SOCKET = r"^unix:///[A-Za-z0-9._/-]+$"
 LOCAL_DOCKER = "unix:///var/run/docker.sock"
-# A known_hosts key: type and base64 blob (what `ssh-keyscan` prints after the host).
-HOST_KEY = r"^(ssh-ed25519|ecdsa-sha2-nistp(256|384|521)|ssh-rsa|rsa-sha2-(256|512)) [A-Za-z0-9+/]{40,}={0,2}$"
+# Host key types OpenSSH writes in known_hosts and .pub files, and the type name
+# each one's base64 blob starts with (the blob is self-describing).
+HOST_KEY_TYPES = {
+    "ssh-ed25519": "ssh-ed25519",
+    "ecdsa-sha2-nistp256": "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384": "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521": "ecdsa-sha2-nistp521",
+    "ssh-rsa": "ssh-rsa",
+}
+HOST_KEY_EXPECTED = (
+    "must be one host public key as `ssh-keyscan -t ed25519 <address>` or a .pub file prints it: "
+    "`ssh-ed25519 AAAAC3Nza...` (a leading host field and a trailing comment are accepted)"
+)
 
-Port = Annotated[int, Field(ge=1024, le=65535)]
+
+def _integral(value: Any) -> Any:
+    """YAML tools and `pulumi config set --path` write whole numbers as `4.0`: take them as 4."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# An int field that also takes an integral float (`cpus: 4.0`); `4.5` and `true` stay refused.
+Int = Annotated[int, BeforeValidator(_integral)]
+Port = Annotated[Int, Field(ge=1024, le=65535)]
+
+
+def parse_ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An IP address as the schema accepts it: no IPv6 zone (`%...`), which Python accepts
+    with almost any characters in it and no sink (URL, nftables, ssh) can carry."""
+    if "%" in value:
+        raise ValueError("must not carry an IPv6 zone (`%<interface>`): give the address alone")
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError("must be an IP address") from None
+
+
+def normalise_host_key(value: str) -> str:
+    """`[host] type base64 [comment]` -> `type base64`, the blob checked to be a key of that type."""
+    if "\n" in value.strip() or "\r" in value:
+        raise ValueError("holds more than one line: pin exactly one key")
+    tokens = value.split()
+    # ssh-keyscan and known_hosts put the host first; a .pub file puts a comment last.
+    at = next((i for i, t in enumerate(tokens[:2]) if t in HOST_KEY_TYPES), None)
+    if at is None or at + 1 >= len(tokens):
+        raise ValueError(HOST_KEY_EXPECTED)
+    kind, blob = tokens[at], tokens[at + 1]
+    try:
+        raw = base64.b64decode(blob, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{HOST_KEY_EXPECTED}; the key after {kind} is not base64") from None
+    length = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else 0
+    if len(raw) < 4 + length + 16 or raw[4 : 4 + length] != HOST_KEY_TYPES[kind].encode():
+        raise ValueError(f"{HOST_KEY_EXPECTED}; the base64 part is not a {kind} key")
+    return f"{kind} {blob}"
 
 
 class _Model(BaseModel):
@@ -142,7 +199,9 @@ class Images(_Model):
     dask: str = "ghcr.io/dask/dask:2026.8.0-py3.12"
     """Scheduler and workers; its version must equal `dask.version`."""
     ollama: str = "ollama/ollama:0.13.5"
-    webui: str = "ghcr.io/open-webui/open-webui:v0.6.5"
+    webui: str = "ghcr.io/open-webui/open-webui:v0.12.4"
+    """>= 0.7: creates the admin from WEBUI_ADMIN_* at start; the same release in every stack
+    (ci/versions.env WEBUI_VERSION is the one the integration tests run)."""
     postgres: str = "postgres:16.6-bookworm"
     redis: str = "redis:7.4.1-bookworm"
     caddy: str = "caddy:2.8.4"
@@ -186,7 +245,7 @@ class Images(_Model):
 class ServiceLimit(_Model):
     """A container's memory (MB) and CPU limit."""
 
-    memory_mb: int = Field(ge=64, le=4_194_304)
+    memory_mb: Int = Field(ge=16, le=4_194_304)
     cpus: float = Field(gt=0, le=1024)
 
 
@@ -215,17 +274,43 @@ class Resources(_Model):
     cadvisor: ServiceLimit = _limit(256, 0.5)
     alloy: ServiceLimit = _limit(256, 0.5)
     dcgm_exporter: ServiceLimit = _limit(512, 0.5)
+    # The cluster's own plumbing: counted on the host like every other container.
+    proxy: ServiceLimit = _limit(512, 1)
+    """The public proxy on the head (with `proxy`)."""
+    edge: ServiceLimit = _limit(256, 1)
+    """Each host's TLS edge (multi-host stacks)."""
+    egress: ServiceLimit = _limit(256, 1)
+    """The head's egress to the other hosts' Ollamas (multi-host stacks)."""
+    backup: ServiceLimit = _limit(256, 0.5)
+    """The PostgreSQL backup container on the head (with `backups.enabled`)."""
+    backup_metrics: ServiceLimit = _limit(32, 0.1)
+    model_sync: ServiceLimit = _limit(256, 0.5)
+    """Each Ollama's run-once model sync task: it runs beside Ollama, so its memory is counted."""
+    """The sidecar publishing the last backup's time to the node exporter (backups and monitoring)."""
 
 
 class SshSpec(_Model):
     """How to reach a remote host: key-only SSH, its host key pinned."""
 
     user: str = Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
-    port: int = Field(default=22, ge=1, le=65535)
+    port: Int = Field(default=22, ge=1, le=65535)
     private_key_path: str = Field(pattern=r"^[A-Za-z0-9_./~+@-]{1,255}$")
     """The key on the machine that runs Pulumi (`~` is expanded)."""
-    host_key: str = Field(pattern=HOST_KEY)
-    """The host's public key, as in known_hosts: `ssh-ed25519 AAAA...`."""
+    host_key: str
+    """The host's public key, stored as `type base64` (as `ssh-keyscan` prints it after the host)."""
+
+    @field_validator("private_key_path")
+    @classmethod
+    def _key_path(cls, value: str) -> str:
+        # `-i -o...` would be read by ssh as an option, not a file.
+        if value.startswith("-"):
+            raise ValueError("must be a file path, not start with '-'")
+        return value
+
+    @field_validator("host_key")
+    @classmethod
+    def _host_key(cls, value: str) -> str:
+        return normalise_host_key(value)
 
 
 class HostSpec(_Model):
@@ -239,27 +324,30 @@ class HostSpec(_Model):
     """The Docker endpoint of a local host (`unix:///var/run/docker.sock` when unset)."""
     ssh: SshSpec | None = None
     """Set for a remote host: Docker, bootstrap and model sync all go over SSH."""
-    cpus: int = Field(ge=1, le=1024)
+    cpus: Int = Field(ge=1, le=1024)
     memory_gb: float = Field(gt=0, le=65536)
-    gpus: int = Field(default=0, ge=0, le=64)
+    gpus: Int = Field(default=0, ge=0, le=64)
     gpu_model: str | None = Field(default=None, pattern=r"^[A-Za-z0-9 ._-]{1,64}$")
-    workers: int | None = Field(default=None, ge=1, le=256)
+    workers: Int | None = Field(default=None, ge=1, le=256)
     """Dask workers on this host; defaults to one per GPU, or one on a CPU host."""
 
     @field_validator("address")
     @classmethod
     def _address(cls, value: str) -> str:
-        try:
-            ip = ipaddress.ip_address(value)
-        except ValueError:
+        if ":" not in value and not value.replace(".", "").isdigit():
             # An all-numeric last label is no DNS name: `999.1.1.1` is a typo of an
             # address, and `1.2.3` is what inet_aton (ssh) would read as 1.2.0.3.
             if DNS_NAME.fullmatch(value) is None or value.rsplit(".", 1)[-1].isdigit():
-                raise ValueError("must be an IP address or a DNS name") from None
-            return value
+                raise ValueError("must be an IP address or a DNS name")
+            return value.lower()
+        try:
+            ip = parse_ip(value)
+        except ValueError as exc:
+            raise ValueError(f"{exc} or a DNS name" if "zone" not in str(exc) else str(exc)) from None
         if ip.is_unspecified:
             raise ValueError("must be the host's own address, not the unspecified address")
-        return value
+        # Stored as Python writes it: one spelling per address, nothing else in it.
+        return str(ip)
 
     @field_validator("roles")
     @classmethod
@@ -273,10 +361,15 @@ class HostSpec(_Model):
         return self.ssh is not None
 
     @property
+    def url_address(self) -> str:
+        """The address as the host part of a URL (`[2001:db8::1]` for IPv6)."""
+        return url_host(self.address)
+
+    @property
     def docker_url(self) -> str:
         """The Docker endpoint the host's provider uses."""
         if self.ssh is not None:
-            return f"ssh://{self.ssh.user}@{self.address}:{self.ssh.port}"
+            return f"ssh://{self.ssh.user}@{self.url_address}:{self.ssh.port}"
         return self.docker_host or LOCAL_DOCKER
 
     @property
@@ -337,7 +430,7 @@ class DaskSpec(_Model):
     """Dask: one version for the scheduler, the workers and this repo's client."""
 
     version: str = Field(default="2026.8.0", pattern=r"^\d{4}\.\d{1,2}\.\d{1,3}$")
-    threads_per_worker: int | None = Field(default=None, ge=1, le=512)
+    threads_per_worker: Int | None = Field(default=None, ge=1, le=512)
     """Defaults to the host's CPUs divided among its workers."""
 
 
@@ -360,11 +453,11 @@ class BackupSpec(_Model):
     """Scheduled `pg_dump` of Open WebUI's database to a backup volume on the head."""
 
     enabled: bool = True
-    interval_hours: int = Field(default=24, ge=1, le=168)
+    interval_hours: Int = Field(default=24, ge=1, le=168)
     """How often a dump is taken; `stacks status` calls a backup older than two intervals stale."""
-    keep_days: int = Field(default=14, ge=1, le=3650)
+    keep_days: Int = Field(default=14, ge=1, le=3650)
     """Dumps older than this are deleted (the newest one always stays)."""
-    keep_count: int = Field(default=14, ge=1, le=1000)
+    keep_count: Int = Field(default=14, ge=1, le=1000)
     """At most this many dumps are kept."""
 
 
@@ -391,18 +484,17 @@ class ProxySpec(_Model):
     def _domain(cls, value: str) -> str:
         if DNS_NAME.fullmatch(value) is None or value.rsplit(".", 1)[-1].isdigit():
             raise ValueError("must be a DNS name")
-        return value
+        return value.lower()
 
     @field_validator("listen_address")
     @classmethod
     def _listen(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        try:
-            ipaddress.ip_address(value)
-        except ValueError:
-            raise ValueError("must be an IP address") from None
-        return value
+        ip = parse_ip(value)
+        if ip.is_unspecified:
+            raise ValueError("must be one address of the head, not the unspecified address (every interface)")
+        return str(ip)
 
 
 class FirewallSpec(_Model):
@@ -414,14 +506,24 @@ class FirewallSpec(_Model):
     @field_validator("admin_networks")
     @classmethod
     def _cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        networks = []
         for cidr in value:
+            shown = _show(cidr)
+            if "%" in cidr:
+                raise ValueError(f"{shown} carries an IPv6 zone (`%...`): give the network alone")
             try:
                 network = ipaddress.ip_network(cidr, strict=True)
             except ValueError:
-                raise ValueError(f"{cidr!r} is not a network in CIDR form (e.g. 198.51.100.0/24)") from None
+                raise ValueError(f"{shown} is not a network in CIDR form (e.g. 198.51.100.0/24)") from None
             if network.prefixlen == 0:
-                raise ValueError(f"{cidr!r} admits the whole internet")
-        return value
+                raise ValueError(f"{shown} admits the whole internet")
+            networks.append(network)
+        for version, everything in ((4, "0.0.0.0/0"), (6, "::/0")):
+            same = [n for n in networks if n.version == version]
+            if ipaddress.ip_network(everything) in ipaddress.collapse_addresses(same):  # type: ignore[arg-type]
+                raise ValueError(f"together admit the whole IPv{version} internet ({everything})")
+        # Stored as Python writes them: one spelling per network, nothing else in it.
+        return tuple(str(n) for n in networks)
 
 
 class Curve(StrEnum):
@@ -433,23 +535,23 @@ class TlsSpec(_Model):
     """The internal CA that authenticates every hop between hosts."""
 
     curve: Curve = Curve.P256
-    ca_validity_days: int = Field(default=3650, ge=30, le=7300)
-    cert_validity_days: int = Field(default=365, ge=7, le=825)
-    early_renewal_days: int = Field(default=30, ge=1, le=365)
+    ca_validity_days: Int = Field(default=3650, ge=30, le=7300)
+    cert_validity_days: Int = Field(default=365, ge=7, le=825)
+    early_renewal_days: Int = Field(default=30, ge=1, le=365)
 
 
 class AlertThresholds(_Model):
     """When the alert rules fire (components/monitoring_config.py `alert_rules`)."""
 
-    gpu_temperature_c: int = Field(default=85, ge=40, le=120)
+    gpu_temperature_c: Int = Field(default=85, ge=40, le=120)
     """A GPU hotter than this for 5 minutes."""
-    gpu_memory_percent: int = Field(default=95, ge=50, le=100)
+    gpu_memory_percent: Int = Field(default=95, ge=50, le=100)
     """A GPU whose framebuffer is fuller than this for 5 minutes is out of memory."""
-    disk_free_percent: int = Field(default=10, ge=1, le=90)
+    disk_free_percent: Int = Field(default=10, ge=1, le=90)
     """A host filesystem with less free space than this."""
-    cert_expiry_days: int = Field(default=14, ge=1, le=365)
+    cert_expiry_days: Int = Field(default=14, ge=1, le=365)
     """A certificate a probe sees that expires sooner than this."""
-    backup_max_age_hours: int | None = Field(default=None, ge=1, le=8760)
+    backup_max_age_hours: Int | None = Field(default=None, ge=1, le=8760)
     """The last PostgreSQL backup older than this; defaults to two backup intervals."""
 
 
@@ -457,7 +559,7 @@ class SmtpSpec(_Model):
     """Alert email through an SMTP relay; the password is the secret `smtpPassword`."""
 
     host: str
-    port: int = Field(default=587, ge=1, le=65535)
+    port: Int = Field(default=587, ge=1, le=65535)
     sender: str = Field(alias="from", pattern=EMAIL)
     to: tuple[Annotated[str, Field(pattern=EMAIL)], ...] = Field(min_length=1, max_length=50)
     user: str | None = Field(default=None, pattern=r"^[^\s]{1,256}$")
@@ -467,9 +569,13 @@ class SmtpSpec(_Model):
     @field_validator("host")
     @classmethod
     def _host(cls, value: str) -> str:
-        if not _is_ip(value) and (DNS_NAME.fullmatch(value) is None or value.rsplit(".", 1)[-1].isdigit()):
+        if "%" in value:
+            raise ValueError("must not carry an IPv6 zone (`%<interface>`)")
+        if _is_ip(value):
+            return str(ipaddress.ip_address(value))
+        if DNS_NAME.fullmatch(value) is None or value.rsplit(".", 1)[-1].isdigit():
             raise ValueError("must be an IP address or a DNS name")
-        return value
+        return value.lower()
 
 
 class SlackSpec(_Model):
@@ -482,13 +588,13 @@ class MonitoringSpec(_Model):
     """Prometheus, Alertmanager, Grafana and Loki on the head; exporters and a log shipper on every host."""
 
     enabled: bool = True
-    retention_days: int = Field(default=15, ge=1, le=3650)
+    retention_days: Int = Field(default=15, ge=1, le=3650)
     """How long Prometheus keeps metrics."""
-    storage_gb: int = Field(default=20, ge=1, le=100_000)
+    storage_gb: Int = Field(default=20, ge=1, le=100_000)
     """The most Prometheus keeps on its volume; the oldest data goes first."""
-    scrape_interval_s: int = Field(default=30, ge=5, le=300)
+    scrape_interval_s: Int = Field(default=30, ge=5, le=300)
     """How often targets are scraped and rules evaluated."""
-    log_retention_days: int = Field(default=14, ge=1, le=3650)
+    log_retention_days: Int = Field(default=14, ge=1, le=3650)
     """How long Loki keeps logs."""
     thresholds: AlertThresholds = AlertThresholds()
     smtp: SmtpSpec | None = None
@@ -543,15 +649,12 @@ class ClusterSpec(_Model):
     @field_validator("bind_address")
     @classmethod
     def _bind_address(cls, value: str) -> str:
-        try:
-            ip = ipaddress.ip_address(value)
-        except ValueError:
-            raise ValueError("must be an IP address") from None
+        ip = parse_ip(value)
         if ip.is_unspecified:
             raise ValueError("must not be the unspecified address: that publishes on every interface")
         if not ip.is_loopback:
             raise ValueError("must be a loopback address (only the TLS proxy is public)")
-        return value
+        return str(ip)
 
     @property
     def is_prod(self) -> bool:
@@ -634,15 +737,32 @@ def _usable_memory_mb(host: HostSpec) -> int:
     return int(host.memory_gb * 1024 * (1 - HOST_MEMORY_RESERVE))
 
 
+def placed_services(spec: ClusterSpec, host: HostSpec) -> tuple[str, ...]:
+    """The `resources` keys of every fixed-size container placed on `host` (the Dask
+    workers share what is left): the one list the memory and CPU checks and the
+    workers' share are computed from."""
+    placed: list[str] = []
+    if host.is_head:
+        placed += ["scheduler", "webui", "postgres", "redis"]
+        if spec.backups.enabled:
+            placed.append("backup")
+            if spec.monitoring.enabled:
+                placed.append("backup_metrics")
+        if spec.proxy is not None:
+            placed.append("proxy")
+        if spec.tls_enabled and any(h.is_worker and h.name != host.name for h in spec.hosts):
+            placed.append("egress")
+    if host.is_worker:
+        placed += ["ollama", "model_sync"]
+    if spec.tls_enabled:
+        placed.append("edge")
+    placed += spec.monitoring_services(host)
+    return tuple(placed)
+
+
 def _service_memory_mb(spec: ClusterSpec, host: HostSpec) -> int:
     r = spec.resources
-    total = 0
-    if host.is_head:
-        total += r.scheduler.memory_mb + r.webui.memory_mb + r.postgres.memory_mb + r.redis.memory_mb
-    if host.is_worker:
-        total += r.ollama.memory_mb
-    total += sum(getattr(r, service).memory_mb for service in spec.monitoring_services(host))
-    return total
+    return sum(getattr(r, service).memory_mb for service in placed_services(spec, host))
 
 
 # --- loading -----------------------------------------------------------------
@@ -805,6 +925,24 @@ def _show(value: Any) -> str:
     return ascii(text)
 
 
+def _got(value: Any) -> str:
+    """What the user wrote, for a type error: text quoted, anything else named by its YAML type
+    (`environment: yes` is text, `enabled: 1` a number, an empty value null)."""
+    if isinstance(value, str):
+        return _show(value)
+    if value is None:
+        return "null (an empty value)"
+    if isinstance(value, bool):
+        return f"{'true' if value else 'false'} (a YAML boolean)"
+    if isinstance(value, (int, float)):
+        return f"{_show(value)[1:-1]} (a number)"
+    if isinstance(value, (list, tuple)):
+        return f"a list of {len(value)} item(s)"
+    if isinstance(value, dict):
+        return "an object with keys"
+    return _show(value)
+
+
 _MESSAGES = {
     "missing": lambda e: "is required",
     "extra_forbidden": lambda e: "is not a known key",
@@ -812,16 +950,16 @@ _MESSAGES = {
     "greater_than": lambda e: f"must be > {e['ctx']['gt']}",
     "less_than_equal": lambda e: f"must be <= {e['ctx']['le']}",
     "less_than": lambda e: f"must be < {e['ctx']['lt']}",
-    "int_type": lambda e: f"must be an integer, got {_show(e['input'])}",
-    "int_from_float": lambda e: f"must be a whole number, got {_show(e['input'])}",
-    "float_type": lambda e: f"must be a number, got {_show(e['input'])}",
-    "bool_type": lambda e: f"must be true or false, got {_show(e['input'])}",
-    "string_type": lambda e: f"must be a string, got {_show(e['input'])}",
-    "tuple_type": lambda e: f"must be a list, got {_show(e['input'])}",
-    "model_type": lambda e: f"must be an object with keys, got {_show(e['input'])}",
-    "model_attributes_type": lambda e: f"must be an object with keys, got {_show(e['input'])}",
-    "dict_type": lambda e: f"must be an object with keys, got {_show(e['input'])}",
-    "enum": lambda e: f"must be one of {e['ctx']['expected']}, got {_show(e['input'])}",
+    "int_type": lambda e: f"must be an integer, got {_got(e['input'])}",
+    "int_from_float": lambda e: f"must be a whole number, got {_got(e['input'])}",
+    "float_type": lambda e: f"must be a number, got {_got(e['input'])}",
+    "bool_type": lambda e: f"must be true or false, got {_got(e['input'])}",
+    "string_type": lambda e: f"must be a string, got {_got(e['input'])}",
+    "tuple_type": lambda e: f"must be a list, got {_got(e['input'])}",
+    "model_type": lambda e: f"must be an object with keys, got {_got(e['input'])}",
+    "model_attributes_type": lambda e: f"must be an object with keys, got {_got(e['input'])}",
+    "dict_type": lambda e: f"must be an object with keys, got {_got(e['input'])}",
+    "enum": lambda e: f"must be one of {e['ctx']['expected']}, got {_got(e['input'])}",
     "too_short": lambda e: f"must have at least {e['ctx']['min_length']} item(s)",
     "too_long": lambda e: f"must have at most {e['ctx']['max_length']} item(s)",
     "string_too_long": lambda e: f"must be at most {e['ctx']['max_length']} characters",
@@ -867,6 +1005,83 @@ def cross_field_problems(spec: ClusterSpec) -> list[str]:
     problems += _remote_hosts(spec)
     problems += _prod_entry(spec)
     problems += _alert_receivers(spec)
+    problems += _tls_renewal(spec)
+    problems += _prod_loopback_hosts(spec)
+    problems += _ssh_ports(spec)
+    problems += _network_names(spec)
+    return problems
+
+
+def _tls_renewal(spec: ClusterSpec) -> list[str]:
+    """A certificate renewed earlier than it lives is re-issued on every `up`: a perpetual diff
+    that replaces every container holding it."""
+    tls = spec.tls
+    problems = []
+    for key, days in (("caValidityDays", tls.ca_validity_days), ("certValidityDays", tls.cert_validity_days)):
+        if tls.early_renewal_days >= days:
+            problems.append(
+                f"{config_path(['tls', 'earlyRenewalDays'])}: {tls.early_renewal_days} days must be below "
+                f"{config_path(['tls', key])} ({days}): the certificate would be re-issued on every `up`"
+            )
+    return problems
+
+
+def _prod_loopback_hosts(spec: ClusterSpec) -> list[str]:
+    """In prod the bootstrap runs as root with a drop-policy firewall: on a loopback address
+    that is the machine running Pulumi."""
+    if not spec.is_prod:
+        return []
+    problems = []
+    for i, host in enumerate(spec.hosts):
+        loopback = host.address == "localhost" or host.address.endswith(".localhost")
+        if _is_ip(host.address):
+            loopback = ipaddress.ip_address(host.address).is_loopback
+        if loopback:
+            problems.append(
+                f"{config_path(['hosts', i, 'address'])}: {_show(host.address)} is a loopback address: in prod "
+                "the root bootstrap and its firewall would run on the machine running Pulumi"
+            )
+    return problems
+
+
+def published_ports(spec: ClusterSpec, host: HostSpec) -> dict[int, str]:
+    """Ports the cluster publishes on `host`, each with the config key that sets it."""
+    ports = {port: config_path(["ports", to_camel(name)]) for name, port in spec.ports.model_dump().items()}
+    base = spec.ports.worker_base
+    for offset in range(host.worker_count):
+        ports.setdefault(base + offset, config_path(["ports", "workerBase"]))
+    if host.is_head and spec.proxy is not None:
+        ports.update({443: f"{NAMESPACE}:proxy (443)", 80: f"{NAMESPACE}:proxy (80)"})
+    return ports
+
+
+def _ssh_ports(spec: ClusterSpec) -> list[str]:
+    problems = []
+    for i, host in enumerate(spec.hosts):
+        if host.ssh is None:
+            continue
+        taken = published_ports(spec, host).get(host.ssh.port)
+        if taken is not None:
+            problems.append(
+                f"{config_path(['hosts', i, 'ssh', 'port'])}: {host.ssh.port} is also published by {taken}: "
+                "SSH and the service cannot share the port"
+            )
+    return problems
+
+
+def _network_names(spec: ClusterSpec) -> list[str]:
+    """Docker networks are named `cluster-ai-<stack>-<host>[-<purpose>]`: a host named like
+    another's network (`head` and `head-data`) would share or break it."""
+    problems = []
+    for i, host in enumerate(spec.hosts):
+        for j, other in enumerate(spec.hosts):
+            if i != j and host.name.startswith(other.name + "-"):
+                problems.append(
+                    f"{config_path(['hosts', i, 'name'])}: {host.name!r} extends the name of "
+                    f"{config_path(['hosts', j])} ({other.name!r}) with '-': their Docker networks "
+                    f"(cluster-ai-<stack>-{other.name}-...) would collide; pick a name that is not "
+                    "another host's name followed by '-'"
+                )
     return problems
 
 
@@ -931,21 +1146,13 @@ def _cpus(spec: ClusterSpec) -> list[str]:
     problems = []
     r = spec.resources
     for i, host in enumerate(spec.hosts):
-        placed: list[tuple[list[int | str], float]] = []
-        if host.is_head:
-            placed += [
-                (["resources", service, "cpus"], getattr(r, service).cpus)
-                for service in ("scheduler", "webui", "postgres", "redis")
-            ]
-        if host.is_worker:
-            placed.append((["resources", "ollama", "cpus"], r.ollama.cpus))
-            if spec.dask.threads_per_worker is not None:
-                # A worker's CPU limit is its thread count.
-                placed.append((["dask", "threadsPerWorker"], spec.dask.threads_per_worker))
-        placed += [
+        placed: list[tuple[list[int | str], float]] = [
             (["resources", to_camel(service), "cpus"], getattr(r, service).cpus)
-            for service in spec.monitoring_services(host)
+            for service in placed_services(spec, host)
         ]
+        if host.is_worker and spec.dask.threads_per_worker is not None:
+            # A worker's CPU limit is its thread count.
+            placed.append((["dask", "threadsPerWorker"], spec.dask.threads_per_worker))
         for loc, cpus in placed:
             if cpus > host.cpus:
                 problems.append(
@@ -1032,7 +1239,7 @@ def _remote_hosts(spec: ClusterSpec) -> list[str]:
         if host.ssh is not None and host.docker_host is not None:
             problems.append(
                 f"{config_path(['hosts', i, 'dockerHost'])}: a host reached over SSH uses "
-                f"ssh://{host.ssh.user}@{host.address}; remove dockerHost"
+                f"ssh://{host.ssh.user}@{host.url_address}; remove dockerHost"
             )
         if spec.is_prod and host.ssh is None:
             problems.append(

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import pulumi
 
 from components.caddy import HTTPS_PORT as PROXY_HTTPS_PORT
-from components.caddy import Route, TlsEdge
+from components.caddy import Grant, Route, TlsEdge
 from components.grafana_config import PORT as GRAFANA_PORT
 from components.grafana_config import datasources
 from components.hardened import SECRETS_DIR, Publish
@@ -89,8 +89,23 @@ def needs_head_edge(spec: ClusterSpec) -> bool:
     return spec.monitoring.enabled and any(_remote(spec, h) for h in spec.hosts)
 
 
+def prometheus_identity(spec: ClusterSpec) -> CertSpec:
+    """Prometheus's client certificate: the only one the edges' metrics routes admit."""
+    return CertSpec(common_name=f"{spec.head.name}-prometheus", usages=CLIENT_USAGES, role="prometheus")
+
+
+def blackbox_identity(spec: ClusterSpec) -> CertSpec:
+    """The blackbox prober's client certificate: Ollama's version endpoint and TLS handshakes only."""
+    return CertSpec(common_name=f"{spec.head.name}-blackbox", usages=CLIENT_USAGES, role="blackbox")
+
+
+def alloy_identity(host: HostSpec) -> CertSpec:
+    """A host's log shipper's client certificate: the head edge's Loki push route only."""
+    return CertSpec(common_name=f"{host.name}-alloy", usages=CLIENT_USAGES, role="alloy")
+
+
 def edge_routes(spec: ClusterSpec, host: HostSpec, workers: Sequence[str]) -> list[Route]:
-    """What monitoring adds to a host's TLS edge.
+    """What monitoring adds to a host's TLS edge, each route granted to its one client.
 
     A remote host exposes its exporters and Dask workers to the head's Prometheus
     (`/metrics/<name>/metrics` -> `/metrics` at `<name>`); the head exposes only
@@ -99,11 +114,16 @@ def edge_routes(spec: ClusterSpec, host: HostSpec, workers: Sequence[str]) -> li
     if not spec.monitoring.enabled:
         return []
     if _remote(spec, host):
+        scraper = (Grant((prometheus_identity(spec).subject,)),)
         return [
-            Route(f"/metrics/{name}", upstream) for name, upstream in edge_route_names(workers, host.gpus > 0).items()
+            Route(f"/metrics/{name}", upstream, grants=scraper)
+            for name, upstream in edge_route_names(workers, host.gpus > 0).items()
         ]
     if needs_head_edge(spec):
-        return [Route(PUSH_PATH, LOKI_UPSTREAM, strip_prefix=False)]
+        shippers = tuple(alloy_identity(h).subject for h in spec.hosts if _remote(spec, h))
+        # Only Loki's push endpoint: a shipper's certificate cannot query the logs.
+        push = Grant(shippers, ("POST",), (PUSH_PATH,))
+        return [Route(PUSH_PATH, LOKI_UPSTREAM, strip_prefix=False, grants=(push,))]
     return []
 
 
@@ -118,7 +138,7 @@ def scrape_targets(
             job = EXPORTER_JOBS.get(name, JOB_WORKER)
             instance = name if job == JOB_WORKER else host.name
             if _remote(spec, host):
-                address = f"{host.address}:{spec.ports.edge}"
+                address = f"{host.url_address}:{spec.ports.edge}"
                 targets.append(Target(job, address, host.name, instance, path=f"/metrics/{name}/metrics", tls=True))
             else:
                 targets.append(Target(job, upstream, host.name, instance))
@@ -151,13 +171,13 @@ def probes(spec: ClusterSpec, *, dashboard_prefix: str = "") -> list[Probe]:
     for host in spec.worker_hosts:
         if _remote(spec, host):
             # Through the host's edge, as Open WebUI reaches it: also watches the edge's certificate.
-            url = f"https://{host.address}:{spec.ports.edge}/ollama/api/version"
+            url = f"https://{host.url_address}:{spec.ports.edge}/ollama/api/version"
             out.append(Probe(url, MODULE_MTLS, host.name, "ollama"))
         else:
             out.append(Probe(f"http://ollama:{OLLAMA_PORT}/api/version", MODULE_HTTP, host.name, "ollama"))
     if needs_head_edge(spec):
         # The head's edge takes only log pushes: a TLS handshake watches its certificate.
-        out.append(Probe(f"{head.address}:{spec.ports.edge}", MODULE_TLS, head.name, "edge"))
+        out.append(Probe(f"{head.url_address}:{spec.ports.edge}", MODULE_TLS, head.name, "edge"))
     if spec.proxy is not None:
         out.append(Probe(f"https://proxy:{PROXY_HTTPS_PORT}/health", MODULE_PROXY, head.name, "proxy"))
     return out
@@ -265,6 +285,8 @@ def build_monitoring(
                 "address": head.address,
                 "port": spec.ports.edge,
                 "labels": head_labels,
+                "memory_mb": spec.resources.edge.memory_mb,
+                "cpus": spec.resources.edge.cpus,
             },
             place(head_host),
         )
@@ -282,7 +304,7 @@ def build_monitoring(
             "cadvisor": _size(spec, "cadvisor"),
             "alloy": _size(spec, "alloy"),
             "loki_url": (
-                f"https://{head.address}:{spec.ports.edge}{PUSH_PATH}"
+                f"https://{head.url_address}:{spec.ports.edge}{PUSH_PATH}"
                 if remote
                 else f"http://loki:{LOKI_PORT}{PUSH_PATH}"
             ),
@@ -291,8 +313,7 @@ def build_monitoring(
             args["dcgm_exporter"] = _size(spec, "dcgm_exporter")
         if remote:
             assert issue is not None, "hosts beyond the head need the internal CA"
-            client = CertSpec(common_name=f"{host.name}-alloy", usages=CLIENT_USAGES)
-            args["alloy_tls_files"] = issue(f"alloy-{host.name}", client).files()
+            args["alloy_tls_files"] = issue(f"alloy-{host.name}", alloy_identity(host)).files()
         if not remote and backup_volume is not None:
             args["backup_volume"] = backup_volume
         exporters[host.name] = HostExporters(f"exporters-{host.name}", args, place(docker_host))
@@ -359,9 +380,9 @@ def build_monitoring(
     stack_args["grafana_root_url"] = grafana_url or f"http://grafana:{GRAFANA_PORT}/"
     if remote_tls:
         assert issue is not None
-        stack_args["tls_files"] = issue(
-            "prometheus", CertSpec(common_name=f"{head.name}-prometheus", usages=CLIENT_USAGES)
-        ).files()
+        # Two certificates, two identities: the edges give each only its own routes.
+        stack_args["tls_files"] = issue("prometheus", prometheus_identity(spec)).files()
+        stack_args["blackbox_tls_files"] = issue("blackbox", blackbox_identity(spec)).files()
     if proxy_ca is not None:
         stack_args["proxy_ca"] = proxy_ca
     if spec.smtp_password is not None:

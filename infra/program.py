@@ -19,7 +19,7 @@ from pulumi_command import remote
 
 from components.backup import PostgresBackup
 from components.bootstrap import FirewallRules, HostBootstrapArgs
-from components.caddy import Egress, PublicProxy, PublicProxyArgs, Route, TlsEdge, Upstream
+from components.caddy import Egress, PublicProxy, PublicProxyArgs, Route, TlsEdge, Upstream, ollama_grants
 from components.dask import DaskScheduler, DaskSchedulerArgs, DaskWorkerPool, DaskWorkerPoolArgs, DrainArgs
 from components.host import DockerHost, DockerHostArgs, ssh_options
 from components.ollama import ALIAS as OLLAMA_ALIAS
@@ -33,6 +33,7 @@ from infra.config import ClusterSpec, ConfigError, HostSpec, TlsMode, config_pat
 from infra.monitoring import (
     GRAFANA_SUB_PATH,
     Monitoring,
+    blackbox_identity,
     build_monitoring,
     edge_routes,
     needs_head_edge,
@@ -75,6 +76,8 @@ class Cluster:
     webui: OpenWebUI
     admin_password: pulumi.Output[str]
     ca: CertificateAuthority | None = None
+    dask_ca: CertificateAuthority | None = None
+    """Dask's own CA: only its certificates join the Dask cluster (comms run code on workers)."""
     edges: dict[str, TlsEdge] = field(default_factory=dict)
     proxy: PublicProxy | None = None
     dashboard_password: pulumi.Output[str] | None = None
@@ -144,8 +147,8 @@ def firewall_rules(spec: ClusterSpec, host: HostSpec) -> FirewallRules:
         cluster.append(spec.ports.scheduler)
         if spec.proxy is not None:
             public += [80, 443]
-    if host.is_worker or (host.is_head and needs_head_edge(spec)):
-        # Worker hosts' edges take Prometheus and Open WebUI; the head's, log pushes.
+    if (host.is_worker and not host.is_head) or (host.is_head and needs_head_edge(spec)):
+        # Remote worker hosts' edges take Prometheus and the egress; the head's, log pushes.
         cluster.append(spec.ports.edge)
     if host.is_worker:
         ranges.append((spec.ports.worker_base, spec.ports.worker_base + host.worker_count - 1))
@@ -181,11 +184,13 @@ def _on(host: DockerHost, *after: pulumi.Resource) -> pulumi.ResourceOptions:
     return pulumi.ResourceOptions(providers=[host.provider], depends_on=[*depends, *after])
 
 
-def _certificate_authority(spec: ClusterSpec, stack: str) -> CertificateAuthority:
+def _certificate_authority(
+    spec: ClusterSpec, stack: str, name: str = "cluster-ca", what: str = "internal"
+) -> CertificateAuthority:
     return CertificateAuthority(
-        "cluster-ca",
+        name,
         {
-            "common_name": f"cluster-ai {stack} internal CA",
+            "common_name": f"cluster-ai {stack} {what} CA",
             "organization": "cluster-ai",
             "curve": spec.tls.curve.value,
             "validity_days": spec.tls.ca_validity_days,
@@ -195,8 +200,27 @@ def _certificate_authority(spec: ClusterSpec, stack: str) -> CertificateAuthorit
 
 
 def _cert(ca: CertificateAuthority, spec: ClusterSpec, name: str, cert: CertSpec) -> IssuedCert:
-    lifetime = {"validity_days": spec.tls.cert_validity_days, "early_renewal_days": spec.tls.early_renewal_days}
-    return ca.issue(name, CertSpec(cert.common_name, cert.dns_names, cert.ip_addresses, cert.usages, **lifetime))
+    lifetime = dataclasses.replace(
+        cert, validity_days=spec.tls.cert_validity_days, early_renewal_days=spec.tls.early_renewal_days
+    )
+    return ca.issue(name, lifetime)
+
+
+def egress_identity(spec: ClusterSpec) -> CertSpec:
+    """The head's egress certificate: the only client the edges' Ollama routes serve inference to."""
+    return CertSpec(common_name=f"{spec.head.name}-egress", usages=CLIENT_USAGES, role="egress")
+
+
+def edge_host_routes(spec: ClusterSpec, host: HostSpec, workers: list[str]) -> list[Route]:
+    """A worker host's edge: Ollama's inference API for the egress (remote hosts), and monitoring's routes."""
+    routes: list[Route] = []
+    if host.name != spec.head.name:
+        # Open WebUI on the head reaches this Ollama only through the egress; the
+        # blackbox prober may read its version, nothing else.
+        probe = [blackbox_identity(spec).subject] if spec.monitoring.enabled else []
+        grants = ollama_grants([egress_identity(spec).subject], probe)
+        routes.append(Route("/ollama", f"{OLLAMA_ALIAS}:{OLLAMA_PORT}", grants=grants))
+    return routes + edge_routes(spec, host, workers)
 
 
 def build_cluster(spec: ClusterSpec, *, project: str, stack: str) -> Cluster:
@@ -211,18 +235,22 @@ def build_cluster(spec: ClusterSpec, *, project: str, stack: str) -> Cluster:
     r = spec.resources
     tls = spec.tls_enabled
     ca = _certificate_authority(spec, stack) if tls else None
+    # Dask's comms run code on the workers: they trust a CA of their own, so no
+    # other certificate of the cluster (a log shipper's, the prober's) can join.
+    dask_ca = _certificate_authority(spec, stack, "dask-ca", "Dask") if tls else None
     # dev publishes the seed's ports on its loopback bind address; prod publishes
     # only what other hosts need, on the host's cluster address, and the proxy.
     local_publish = not tls
 
-    def drain_on_head() -> DrainArgs:
-        """Where a pool's drain runs: beside the scheduler, on the head."""
-        drain: DrainArgs = {"scheduler": scheduler}
-        if head_spec.ssh is not None:
-            drain["connection"] = connection(host_index[head_spec.name], head_spec)
-        else:
-            drain["docker_host"] = head_spec.docker_url
-        return drain
+    def drain_on_head() -> DrainArgs | None:
+        """Where a pool's drain runs: beside the scheduler, on the head, over SSH.
+
+        A stack on one local Docker host (dev) has no other host to move a leaving
+        worker's results to, so it declares no drain: its stack needs no command provider.
+        """
+        if head_spec.ssh is None:
+            return None
+        return {"scheduler": scheduler, "connection": connection(host_index[head_spec.name], head_spec)}
 
     postgres = Postgres(
         "postgres",
@@ -252,6 +280,8 @@ def build_cluster(spec: ClusterSpec, *, project: str, stack: str) -> Cluster:
                 "interval_hours": spec.backups.interval_hours,
                 "keep_days": spec.backups.keep_days,
                 "keep_count": spec.backups.keep_count,
+                "memory_mb": r.backup.memory_mb,
+                "cpus": r.backup.cpus,
                 "protect": spec.is_prod,
                 "labels": head_labels,
             },
@@ -279,8 +309,8 @@ def build_cluster(spec: ClusterSpec, *, project: str, stack: str) -> Cluster:
         "cpus": r.scheduler.cpus,
         "labels": head_labels,
     }
-    if ca is not None:
-        scheduler_args["tls_files"] = _cert(ca, spec, "dask-scheduler", _names(head_spec, "scheduler")).files()
+    if dask_ca is not None:
+        scheduler_args["tls_files"] = _cert(dask_ca, spec, "dask-scheduler", _names(head_spec, "scheduler")).files()
         scheduler_args["publish_address"] = head_spec.address
         scheduler_args["publish_dashboard"] = False  # through the proxy, behind auth
         if spec.proxy is not None:
@@ -288,7 +318,7 @@ def build_cluster(spec: ClusterSpec, *, project: str, stack: str) -> Cluster:
     else:
         scheduler_args["publish_address"] = spec.bind_address
     scheduler = DaskScheduler("dask-scheduler", scheduler_args, _on(head))
-    remote_scheduler = f"{'tls' if tls else 'tcp'}://{head_spec.address}:{spec.ports.scheduler}"
+    remote_scheduler = f"{'tls' if tls else 'tcp'}://{head_spec.url_address}:{spec.ports.scheduler}"
 
     workers: dict[str, DaskWorkerPool] = {}
     ollamas: dict[str, Ollama] = {}
@@ -297,7 +327,6 @@ def build_cluster(spec: ClusterSpec, *, project: str, stack: str) -> Cluster:
     upstreams: list[Upstream] = []
     models: list[ModelPinArgs] = [{"name": m.name, "digest": m.digest} for m in spec.models]
     for host in spec.worker_hosts:
-        index = host_index[host.name]
         docker_host = hosts[host.name]
         host_labels = {**labels, "cluster-ai.host": host.name}
         same_host = host.name == head_spec.name
@@ -313,10 +342,12 @@ def build_cluster(spec: ClusterSpec, *, project: str, stack: str) -> Cluster:
             "cpus": float(spec.threads_per_worker(host)),
             "gpus_per_worker": host.gpus_per_worker,
             "labels": host_labels,
-            "drain": drain_on_head(),
         }
-        if ca is not None:
-            pool_args["tls_files"] = _cert(ca, spec, f"dask-{host.name}", _names(host)).files()
+        drain = drain_on_head()
+        if drain is not None:
+            pool_args["drain"] = drain
+        if dask_ca is not None:
+            pool_args["tls_files"] = _cert(dask_ca, spec, f"dask-{host.name}", _names(host)).files()
             pool_args["host_address"] = host.address
             pool_args["port_base"] = spec.ports.worker_base
         # No ordering on the scheduler: a worker keeps dialling until it answers,
@@ -330,13 +361,11 @@ def build_cluster(spec: ClusterSpec, *, project: str, stack: str) -> Cluster:
             "sync_image": spec.images.dask,
             "memory_mb": r.ollama.memory_mb,
             "cpus": r.ollama.cpus,
+            "sync_memory_mb": r.model_sync.memory_mb,
+            "sync_cpus": r.model_sync.cpus,
             "protect": spec.is_prod,
             "labels": host_labels,
         }
-        if host.ssh is not None:
-            ollama_args["connection"] = connection(index, host)
-        else:
-            ollama_args["docker_host"] = host.docker_url
         if gpu:
             ollama_args["gpus"] = "all"
         if local_publish:
@@ -344,22 +373,22 @@ def build_cluster(spec: ClusterSpec, *, project: str, stack: str) -> Cluster:
             ollama_args["port"] = spec.ports.ollama
         ollamas[host.name] = Ollama(f"ollama-{host.name}", ollama_args, _on(docker_host))
 
-        if ca is not None:
+        routes = edge_host_routes(spec, host, workers[host.name].worker_names)
+        if ca is not None and routes:
             edges[host.name] = TlsEdge(
                 f"edge-{host.name}",
                 {
                     "image": spec.images.caddy,
                     "network": docker_host.network.name,
-                    "routes": [
-                        Route("/ollama", f"{OLLAMA_ALIAS}:{OLLAMA_PORT}"),
-                        *edge_routes(spec, host, workers[host.name].worker_names),
-                    ],
+                    "routes": routes,
                     "tls_files": _cert(
                         ca, spec, f"edge-{host.name}", dataclasses.replace(_names(host), usages=SERVER_USAGES)
                     ).files(),
                     "address": host.address,
                     "port": spec.ports.edge,
                     "labels": host_labels,
+                    "memory_mb": r.edge.memory_mb,
+                    "cpus": r.edge.cpus,
                 },
                 _on(docker_host),
             )
@@ -376,10 +405,10 @@ def build_cluster(spec: ClusterSpec, *, project: str, stack: str) -> Cluster:
                 "image": spec.images.caddy,
                 "network": head.network.name,
                 "upstreams": upstreams,
-                "tls_files": _cert(
-                    ca, spec, "egress", CertSpec(common_name=f"{head_spec.name}-egress", usages=CLIENT_USAGES)
-                ).files(),
+                "tls_files": _cert(ca, spec, "egress", egress_identity(spec)).files(),
                 "labels": head_labels,
+                "memory_mb": r.egress.memory_mb,
+                "cpus": r.egress.cpus,
             },
             _on(head),
         )
@@ -408,7 +437,7 @@ def build_cluster(spec: ClusterSpec, *, project: str, stack: str) -> Cluster:
         webui_args["public_url"] = f"https://{spec.proxy.domain}"
     webui = OpenWebUI("webui", webui_args, _on(head, postgres, redis))
 
-    cluster = Cluster(hosts, scheduler, workers, ollamas, postgres, redis, webui, admin_password, ca, edges)
+    cluster = Cluster(hosts, scheduler, workers, ollamas, postgres, redis, webui, admin_password, ca, dask_ca, edges)
     cluster.backup = backup
     if spec.proxy is not None:
         _public_proxy(spec, cluster, head, head_labels)
@@ -427,8 +456,10 @@ def build_cluster(spec: ClusterSpec, *, project: str, stack: str) -> Cluster:
             dashboard_prefix=DASHBOARD_PREFIX if spec.proxy is not None and ca is not None else "",
             proxy_ca=ca.cert_pem if ca is not None and uses_internal_proxy_ca(spec) else None,
         )
-    if ca is not None:
-        cluster.operator_cert = _cert(ca, spec, "operator", CertSpec(common_name="operator", usages=CLIENT_USAGES))
+    if dask_ca is not None:
+        # Operators' Dask clients (and `stacks status`) join with a Dask certificate.
+        operator = CertSpec(common_name="operator", usages=CLIENT_USAGES, role="operator")
+        cluster.operator_cert = _cert(dask_ca, spec, "operator", operator)
     return cluster
 
 
@@ -454,6 +485,8 @@ def _public_proxy(spec: ClusterSpec, cluster: Cluster, head: DockerHost, labels:
         "default_upstream": "webui:8080",
         "labels": labels,
         "protect": spec.is_prod,
+        "memory_mb": spec.resources.proxy.memory_mb,
+        "cpus": spec.resources.proxy.cpus,
         "basic_auth_hash": pulumi.Output.secret(password.bcrypt_hash),
     }
     if spec.proxy.tls is TlsMode.ACME:
@@ -483,16 +516,17 @@ def export_outputs(spec: ClusterSpec, cluster: Cluster) -> None:
         pulumi.export("dashboardUrl", f"http://{local}:{spec.ports.dashboard}/status")
         pulumi.export("ollamaUrl", f"http://{local}:{spec.ports.ollama}")
     else:
-        pulumi.export("schedulerAddress", f"tls://{spec.head.address}:{spec.ports.scheduler}")
+        pulumi.export("schedulerAddress", f"tls://{spec.head.url_address}:{spec.ports.scheduler}")
         pulumi.export("edges", {host: edge.url for host, edge in cluster.edges.items()})
     if spec.proxy is not None:
         pulumi.export("webuiUrl", f"https://{spec.proxy.domain}")
         pulumi.export("dashboardUrl", f"https://{spec.proxy.domain}/{DASHBOARD_PREFIX}/status")
         pulumi.export("dashboardUser", DASHBOARD_USER)
         pulumi.export("dashboardPassword", cluster.dashboard_password)
-    if cluster.ca is not None and cluster.operator_cert is not None:
-        # What an operator's Dask client (and `stacks status`) presents to the cluster.
+    if cluster.ca is not None and cluster.dask_ca is not None and cluster.operator_cert is not None:
+        # What an operator's Dask client (and `stacks status`) presents to the scheduler, and trusts.
         pulumi.export("clusterCaCert", cluster.ca.cert_pem)
+        pulumi.export("daskCaCert", cluster.dask_ca.cert_pem)
         pulumi.export("operatorCert", cluster.operator_cert.cert_pem)
         pulumi.export("operatorKey", cluster.operator_cert.private_key_pem)
     pulumi.export("adminEmail", spec.webui.admin_email)

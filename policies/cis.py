@@ -360,7 +360,14 @@ def default_cgroup_used(args: ResourceValidationArgs, report: ReportViolation) -
 # --- 5.27 ---------------------------------------------------------------------
 
 
+def is_task(props: Mapping[str, Any]) -> bool:
+    """A run-once container (`pulumi up` attaches until it exits, never restarted): nothing to probe."""
+    return props.get("attach") is True and props.get("mustRun") is False and str(props.get("restart") or "no") == "no"
+
+
 def healthcheck_defined(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if is_task(args.props):
+        return
     tests = [str(t) for t in items(mapping(args.props.get("healthcheck")).get("tests"))]
     if not tests or tests[0].upper() == "NONE":
         report(f"{who(args)} has no healthcheck: Docker cannot tell a hung service from a live one.")

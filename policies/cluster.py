@@ -168,11 +168,8 @@ def images_pinned_by_digest_in_prod(args: ResourceValidationArgs, report: Report
             report(f"{who(args)} uses {reference} without a digest: prod pins every image as repo:tag@sha256:<64 hex>.")
 
 
-def _pins(command: str) -> list[Any] | None:
-    try:
-        words = shlex.split(command)
-    except ValueError:
-        return None
+def _pins(words: list[str]) -> list[Any] | None:
+    """The `--pins` JSON list of a model sync's command line; None when it is not one."""
     text = flag_value(words, "--pins")
     if text is None:
         return None
@@ -183,12 +180,26 @@ def _pins(command: str) -> list[Any] | None:
     return pins if isinstance(pins, list) else []
 
 
+def _command_words(props: Mapping[str, Any]) -> list[str] | None:
+    """A command resource's `create` split as the shell would, or a container's `command`."""
+    create = props.get("create")
+    if isinstance(create, str):
+        try:
+            return shlex.split(create)
+        except ValueError:
+            return None
+    command = items(props.get("command"))
+    if command and all(isinstance(word, str) for word in command):
+        return [str(word) for word in command]
+    return None
+
+
 def models_pinned_by_digest_in_prod(args: ResourceValidationArgs, report: ReportViolation) -> None:
     _strict(args, models_pinned_by_digest_in_prod)
-    command = args.props.get("create")
-    if not isinstance(command, str):
+    words = _command_words(args.props)
+    if words is None:
         return
-    pins = _pins(command)
+    pins = _pins(words)
     if pins is None:
         return
     if not pins:
@@ -336,7 +347,7 @@ RULES = register(
             validate=models_pinned_by_digest_in_prod,
             kind=Kind.RESOURCE,
             group=Group.CLUSTER,
-            resource_types=(LOCAL_COMMAND, REMOTE_COMMAND),
+            resource_types=(CONTAINER, LOCAL_COMMAND, REMOTE_COMMAND),
             config=_STRICT,
             scope=_STRICT_SCOPE,
         ),

@@ -37,8 +37,8 @@ PACK_CONFIG: dict[str, dict[str, Any]] = {
                 "0640; it runs with every capability dropped and the log directory mounted read-only.",
             },
             "dcgm-exporter": {
-                "reason": "DCGM talks to the NVIDIA driver as root to read GPU counters; only SYS_ADMIN is "
-                "added back, every other capability is dropped.",
+                "reason": "DCGM talks to the NVIDIA driver as root to read GPU counters; every capability is "
+                "dropped (device fields only: no profiling field, so no SYS_ADMIN).",
             },
         },
     },
@@ -62,7 +62,7 @@ PACK_CONFIG: dict[str, dict[str, Any]] = {
         "exemptions": {
             "node-exporter": {
                 "reason": "The node exporter reads filesystem usage through the host's root, mounted read-only "
-                "(never writable) at /host.",
+                "(never writable) at /host with /run and /var/run (the engine's socket) masked, as nobody.",
                 "paths": ["/"],
             },
             "cadvisor": {
@@ -77,15 +77,8 @@ PACK_CONFIG: dict[str, dict[str, Any]] = {
             },
         },
     },
-    "capabilities-restricted": {
-        "exemptions": {
-            "dcgm-exporter": {
-                "reason": "DCGM's profiling metrics (SM occupancy, tensor activity) need SYS_ADMIN to program the "
-                "GPU's performance counters; no other capability is added.",
-                "capabilities": ["SYS_ADMIN"],
-            },
-        },
-    },
+    # No exemption: DCGM collects device fields only, which need no SYS_ADMIN.
+    "capabilities-restricted": {"exemptions": {}},
     "host-devices-not-exposed": {
         "gpuServices": {
             "dask-worker": "Dask workers run GPU tasks; each gets its own GPU by device id (one worker per GPU).",

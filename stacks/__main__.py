@@ -1,13 +1,15 @@
 """`python -m stacks`: stack operations.
 
     python -m stacks plan STACK [--json]    the offline plan (no CLI, backend or Docker)
+        [--show-secrets]                     ... with secret inputs in plain text (default: [secret])
         [--policies [--policy-config FILE]]  ... and every policy's verdict on it
     python -m stacks preview|up|destroy STACK, drift STACK   through the Automation API
+        (destroy asks for the stack name, or takes --yes=STACK)
     python -m stacks status STACK [--json]  live health of a deployed stack
     python -m stacks lock STACK [--update]  pin image and model digests in Pulumi.STACK.yaml
 
 Exit codes follow the Pulumi CLI's: 0 ok, 2 config error, 5 a mandatory policy is violated,
-6 no such stack, 7 drift.
+6 no such stack, 7 drift; and the shell's 127 when the Pulumi CLI itself is missing.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ def _plan(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if not args.policies:
-        print(render_json(evaluation) if args.json else render_text(evaluation))
+        shown = args.show_secrets
+        print(render_json(evaluation, show_secrets=shown) if args.json else render_text(evaluation, show_secrets=shown))
         return EXIT_OK
     return _policies(args, evaluation)
 
@@ -61,11 +64,11 @@ def _policies(args: argparse.Namespace, evaluation: Any) -> int:
         return EXIT_CONFIG
     report = check(evaluation, config)
     if args.json:
-        document = json.loads(render_json(evaluation))
+        document = json.loads(render_json(evaluation, show_secrets=args.show_secrets))
         document["policies"] = report_json(report)
         print(json.dumps(document, indent=2, default=str))
     else:
-        print(render_text(evaluation))
+        print(render_text(evaluation, show_secrets=args.show_secrets))
         print()
         print(report_text(report))
     return EXIT_POLICY if report.mandatory_failed else EXIT_OK
@@ -77,6 +80,11 @@ def parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="show what a stack declares, offline")
     plan.add_argument("stack", help="stack name: reads Pulumi.STACK.yaml")
     plan.add_argument("--json", action="store_true", help="print a JSON document instead of a tree")
+    plan.add_argument(
+        "--show-secrets",
+        action="store_true",
+        help="show secret inputs in plain text (like `pulumi preview --show-secrets`); default: [secret]",
+    )
     plan.add_argument(
         "--policies",
         action="store_true",
@@ -106,8 +114,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from stacks.stackfile import StackFileError
+
     args = parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except StackFileError as exc:
+        # A stack or project file that cannot be read: its file and line, no traceback.
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 if __name__ == "__main__":

@@ -2,15 +2,25 @@
 
     python -m stacks preview STACK   the changes `up` would make, policy pack applied
     python -m stacks up STACK        converge the stack (progress streamed), policy pack applied
-    python -m stacks destroy STACK   remove everything the stack holds
+    python -m stacks destroy STACK   remove everything the stack holds, once the stack's name
+                                     is typed at the prompt (or given as --yes=STACK, for CI)
     python -m stacks drift STACK     `refresh --preview-only --expect-no-changes`: a JSON report
                                      of what drifted on stdout, exit 7 on drift, 0 when none
 
 Every command uses the same state backend as the Makefile: `file://<repo>/.pulumi-state`
 with the passphrase in `.pulumi-state/passphrase`, unless PULUMI_BACKEND_URL (and
 PULUMI_CONFIG_PASSPHRASE / PULUMI_CONFIG_PASSPHRASE_FILE) say otherwise. What is
-missing — the Pulumi CLI, a backend login, a passphrase — stops the command before
-it starts, with one line that says what to do, and a non-zero exit; never a traceback.
+missing stops the command before it starts, with one line that says what to do and
+never a traceback, checked in this order: the stack file (exit 6), the Pulumi CLI
+(exit 127, the shell's "command not found", so a wrapper can tell "install the
+CLI" from a failed operation), then the backend login and the passphrase (exit 1).
+
+`up` on a stack that declares a backup service first previews; when the plan
+updates, replaces or deletes the PostgreSQL or Open WebUI container it takes a
+fresh `pg_dump` with the declared backup script in the running backup container
+and names the dump before anything changes (`--skip-backup` to go on without one).
+`up`, `destroy` (and `lock` writing a file) append a line to the audit log
+(stacks/audit.py).
 """
 
 from __future__ import annotations
@@ -24,17 +34,21 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import yaml
 
 from stacks.stackfile import REPO
+
+T = TypeVar("T")
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_NO_STACK = 6
 EXIT_DRIFT = 7
+# A missing tool is the shell's "command not found" (127), not a failed operation.
+EXIT_NO_CLI = 127
 
 STATE_DIR = ".pulumi-state"
 PASSPHRASE_FILE = "passphrase"
@@ -140,7 +154,7 @@ def require_cli(which: Callable[[str], str | None] = shutil.which) -> Any:
     from pulumi import automation as auto
 
     if which("pulumi") is None:
-        raise OperationError(f"the Pulumi CLI is not installed (no `pulumi` on PATH): {INSTALL_HINT}")
+        raise OperationError(f"the Pulumi CLI is not installed (no `pulumi` on PATH): {INSTALL_HINT}", EXIT_NO_CLI)
     try:
         return auto.PulumiCommand()
     except auto.InvalidVersionError as exc:
@@ -297,34 +311,298 @@ def _printer(stream: TextIO) -> Callable[[str], None]:
     return emit
 
 
-def run_operation(args: argparse.Namespace, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+# -- destroy: typed confirmation ---------------------------------------------------
+
+
+def confirm_destroy(stack: str, given: str | None, *, stdin: TextIO, err: TextIO) -> None:
+    """Go on only when the stack's name was given (`--yes=STACK`) or typed; else an OperationError.
+
+    A wrong name, an empty line, end of input or no terminal to ask on all refuse:
+    nothing has been touched when this raises.
+    """
+    if given is not None:
+        if given != stack:
+            raise OperationError(f"--yes={given} does not name the stack {stack!r}: nothing destroyed")
+        return
+    if not stdin.isatty():
+        raise OperationError(
+            f"destroying stack {stack!r} needs its name typed at a terminal, or --yes={stack}: nothing destroyed"
+        )
+    err.write(f"This removes every resource of stack {stack!r} (protected volumes stay).\n")
+    err.write(f"Type the stack name ({stack}) to go on: ")
+    err.flush()
+    answer = stdin.readline()
+    if answer.strip() != stack:
+        reason = "no answer" if not answer else f"{answer.strip()!r} is not {stack!r}"
+        raise OperationError(f"{reason}: nothing destroyed")
+
+
+# -- up: a fresh dump before the data changes ---------------------------------------
+
+CONTAINER = "docker:index/container:Container"
+# The services whose update or replacement can touch the database's content or schema
+# (Open WebUI migrates its database on start): a dump is taken before either changes.
+DATA_SERVICES = ("postgres", "webui")
+BACKUP_SERVICE = "backup"
+# Steps that stop, recreate or remove an existing container.
+CHANGING_OPS = {"update", "replace", "create-replacement", "delete-replaced", "delete"}
+WROTE = re.compile(r"backup: wrote (\S+)")
+
+
+def _label_map(labels: Any) -> dict[str, str]:
+    """`labels` as pulumi_docker takes them (a list of {label, value}) as a mapping."""
+    if not isinstance(labels, list):
+        return {}
+    return {str(i.get("label")): str(i.get("value")) for i in labels if isinstance(i, Mapping)}
+
+
+def data_container_urns(evaluation: Any) -> set[str]:
+    """The URNs of the declared PostgreSQL and Open WebUI containers (offline plan)."""
+    return {
+        r.urn
+        for r in evaluation.by_type(CONTAINER)
+        if _label_map(r.plain_inputs().get("labels")).get("cluster-ai.service") in DATA_SERVICES
+    }
+
+
+@dataclass(frozen=True)
+class DataChange:
+    """A planned step on a PostgreSQL or Open WebUI container."""
+
+    urn: str
+    op: str
+
+    @property
+    def name(self) -> str:
+        return self.urn.rsplit("::", 1)[-1]
+
+
+def data_changes(events: Iterable[Any], watched: set[str]) -> list[DataChange]:
+    """The preview's steps that update, replace or delete a watched container.
+
+    A container counts when its URN is one the offline plan declares for PostgreSQL or
+    Open WebUI, or when the step's old or new inputs carry such a service label (the
+    same resource under a URN the plan no longer has).
+    """
+    found: dict[str, DataChange] = {}
+    for event in events:
+        pre = getattr(event, "resource_pre_event", None)
+        if pre is None:
+            continue
+        meta = pre.metadata
+        op = str(getattr(meta.op, "value", meta.op))
+        if op not in CHANGING_OPS or meta.type != CONTAINER:
+            continue
+        services = {
+            _label_map((getattr(state, "inputs", None) or {}).get("labels")).get("cluster-ai.service")
+            for state in (meta.old, meta.new)
+            if state is not None
+        }
+        if meta.urn in watched or services & set(DATA_SERVICES):
+            found.setdefault(meta.urn, DataChange(meta.urn, op))
+    return sorted(found.values(), key=lambda c: c.urn)
+
+
+@dataclass(frozen=True)
+class Dump:
+    """A dump the backup service wrote."""
+
+    path: str
+    """Inside the backup container (the backup volume is mounted there)."""
+    container: str
+    """The container's resource name (label `cluster-ai.container`)."""
+    host: str
+    docker_url: str
+
+    def describe(self) -> str:
+        return f"{self.path} (container {self.container} on host {self.host}, {self.docker_url})"
+
+
+def take_dump(declared: Any, *, client_for: Callable[[str], Any] | None = None) -> Dump:
+    """Run the declared backup script once (`BACKUP_ONCE=1`) in the running backup container.
+
+    The script, its environment and its user are the container's own, so the dump
+    lands in the backup volume beside the scheduled ones and is pruned with them.
+    """
+    from components.backup import backup_command
+    from stacks.status import docker_client
+
+    client = (client_for or docker_client)(declared.docker_url)
+    try:
+        label = declared.labels.get("cluster-ai.stack", "")
+        found = client.containers.list(
+            filters={"label": [f"cluster-ai.stack={label}", f"cluster-ai.container={declared.name}"]}
+        )
+        if len(found) != 1:
+            raise OperationError(
+                f"cannot take the pre-update dump: {len(found)} running containers {declared.name!r} on host "
+                f"{declared.host} ({declared.docker_url}); check `python -m stacks status`, or pass --skip-backup"
+            )
+        code, output = found[0].exec_run(backup_command(), environment={"BACKUP_ONCE": "1"})
+    finally:
+        client.close()
+    text = output.decode(errors="replace") if isinstance(output, bytes) else str(output)
+    written = WROTE.findall(text)
+    if code != 0 or not written:
+        tail = "\n".join(text.strip().splitlines()[-5:])
+        raise OperationError(
+            f"the pre-update dump in {declared.name} on host {declared.host} failed (exit {code}):\n{tail}\n"
+            "nothing was changed; fix the backup (or pass --skip-backup to update without a fresh dump)"
+        )
+    return Dump(written[-1], declared.name, declared.host, declared.docker_url)
+
+
+def backup_before_up(
+    stack: Any,
+    args: argparse.Namespace,
+    packs: list[str],
+    progress: Callable[[str], None],
+    *,
+    client_for: Callable[[str], Any] | None = None,
+) -> Dump | None:
+    """Preview; if the plan changes PostgreSQL or Open WebUI and backups are on, dump first."""
+    from infra.program import StackConfigError
+    from stacks.plan import evaluate_stack
+    from stacks.status import declared_containers
+
+    try:
+        evaluation = evaluate_stack(args.stack, root=args.root)
+    except StackConfigError as exc:
+        raise OperationError(str(exc), EXIT_CONFIG) from None
+    backups = [c for c in declared_containers(evaluation) if c.service == BACKUP_SERVICE]
+    if not backups:
+        return None  # backups are off for this stack
+    events: list[Any] = []
+    stack.preview(on_event=events.append, policy_packs=packs or None, color="never")
+    changes = data_changes(events, data_container_urns(evaluation))
+    if not changes:
+        progress("pre-update backup: not needed (the plan does not change PostgreSQL or Open WebUI)")
+        return None
+    progress(
+        "pre-update backup: the plan changes "
+        + ", ".join(f"{c.name} ({c.op})" for c in changes)
+        + ": taking a fresh dump first"
+    )
+    dump = take_dump(backups[0], client_for=client_for)
+    progress(f"pre-update backup: {dump.describe()}")
+    return dump
+
+
+# -- running -----------------------------------------------------------------------
+
+
+def _summary_changes(events: Iterable[Any]) -> dict[str, int]:
+    """The resource counts of the engine's summary event (empty if the run never got there)."""
+    changes: dict[str, int] = {}
+    for event in events:
+        summary = getattr(event, "summary_event", None)
+        if summary is not None:
+            changes = {str(getattr(op, "value", op)): int(n) for op, n in (summary.resource_changes or {}).items()}
+    return changes
+
+
+def run_operation(
+    args: argparse.Namespace,
+    *,
+    out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
+    stdin: TextIO = sys.stdin,
+    client_for: Callable[[str], Any] | None = None,
+) -> int:
     """Run `args.operation` on `args.stack`; return the exit code."""
-    from pulumi import automation as auto
 
     root: Path = args.root
+    operation: str = args.operation
     if not (root / f"Pulumi.{args.stack}.yaml").is_file():
         raise OperationError(f"no stack config Pulumi.{args.stack}.yaml in {root}", EXIT_NO_STACK)
-    backend = resolve_backend(args.stack, root=root)
+    # The CLI first: without it nothing else is worth asking for.
     command = require_cli()
-    operation: str = args.operation
+    backend = resolve_backend(args.stack, root=root)
+    if operation == "destroy":
+        confirm_destroy(args.stack, args.yes, stdin=stdin, err=err)
     stack = open_stack(args.stack, root=root, backend=backend, command=command, create=operation in ("preview", "up"))
     progress = _printer(err if operation == "drift" else out)
     packs = policy_packs(root, enabled=not getattr(args, "no_policies", False))
+    if operation == "drift":
+        return _guarded(args.stack, operation, lambda: _drift(stack, args, progress, out))
+    if operation == "preview":
+        _guarded(
+            args.stack,
+            operation,
+            lambda: stack.preview(on_output=progress, policy_packs=packs or None, diff=args.diff, color="never"),
+        )
+        return EXIT_OK
+    return _changing(stack, args, backend, packs, progress, err=err, client_for=client_for)
+
+
+def _guarded(name: str, operation: str, run: Callable[[], T]) -> T:
+    """Run one Automation API call, turning its errors into OperationErrors."""
+    from pulumi import automation as auto
+
     try:
-        if operation == "preview":
-            stack.preview(on_output=progress, policy_packs=packs or None, diff=args.diff, color="never")
-        elif operation == "up":
-            stack.up(on_output=progress, policy_packs=packs or None, diff=args.diff, color="never")
-        elif operation == "destroy":
-            stack.destroy(on_output=progress, color="never")
-        elif operation == "drift":
-            return _drift(stack, args, progress, out)
+        return run()
     except auto.ConcurrentUpdateError:
-        raise OperationError(f"stack {args.stack!r} is locked by another update; wait, or `pulumi cancel`") from None
+        raise OperationError(f"stack {name!r} is locked by another update; wait, or `pulumi cancel`") from None
     except auto.CommandError as exc:
         raise OperationError(
-            f"`{operation}` of stack {args.stack!r} failed:\n{_last_error_lines(exc)}", _exit_code(exc)
+            f"`{operation}` of stack {name!r} failed:\n{_last_error_lines(exc)}", _exit_code(exc)
         ) from None
+
+
+def _changing(
+    stack: Any,
+    args: argparse.Namespace,
+    backend: Backend,
+    packs: list[str],
+    progress: Callable[[str], None],
+    *,
+    err: TextIO,
+    client_for: Callable[[str], Any] | None,
+) -> int:
+    """`up` or `destroy`, recorded in the audit log whatever the outcome."""
+    from stacks import audit
+
+    operation: str = args.operation
+    events: list[Any] = []
+    detail: dict[str, Any] = {}
+    result = audit.FAILED
+    try:
+        if operation == "up":
+            if args.skip_backup:
+                detail["backup"] = "skipped (--skip-backup)"
+            else:
+                dump = _guarded(
+                    args.stack, "preview", lambda: backup_before_up(stack, args, packs, progress, client_for=client_for)
+                )
+                if dump is not None:
+                    detail.update(backup=dump.path, backupContainer=dump.container, backupHost=dump.host)
+            _guarded(
+                args.stack,
+                operation,
+                lambda: stack.up(
+                    on_output=progress,
+                    on_event=events.append,
+                    policy_packs=packs or None,
+                    diff=args.diff,
+                    color="never",
+                ),
+            )
+        else:
+            _guarded(
+                args.stack, operation, lambda: stack.destroy(on_output=progress, on_event=events.append, color="never")
+            )
+        result = audit.SUCCEEDED
+    except OperationError as exc:
+        detail["exitCode"] = exc.exit_code
+        raise
+    except KeyboardInterrupt:
+        detail["interrupted"] = True
+        raise
+    finally:
+        path = audit.audit_log_path(backend.url, root=args.root)
+        entry = audit.Entry(args.stack, operation, result, _summary_changes(events), detail)
+        if audit.append(path, entry, root=args.root, err=err):
+            print(f"audit: {operation} of {args.stack} {result}, recorded in {path}", file=err)
     return EXIT_OK
 
 
@@ -364,7 +642,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], *, ro
     helps = {
         "preview": "show what `up` would change (Automation API; policy pack applied)",
         "up": "deploy the stack (Automation API; progress streamed; policy pack applied)",
-        "destroy": "remove every resource of the stack",
+        "destroy": "remove every resource of the stack, once its name is typed (or given as --yes=STACK)",
         "drift": "refresh --preview-only --expect-no-changes: a JSON report on stdout (progress on stderr), exit 7 on drift",
     }
     for name, text in helps.items():
@@ -376,4 +654,17 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], *, ro
         if name in ("preview", "up"):
             p.add_argument("--diff", action="store_true", help="show a property-level diff")
             p.add_argument("--no-policies", action="store_true", help="do not apply the policy pack in policies/")
+        if name == "up":
+            p.add_argument(
+                "--skip-backup",
+                action="store_true",
+                help="do not take the fresh PostgreSQL dump `up` takes before changing PostgreSQL or Open WebUI",
+            )
+        if name == "destroy":
+            p.add_argument(
+                "--yes",
+                metavar="STACK",
+                default=None,
+                help="destroy without asking: the value must be the stack's name (for CI)",
+            )
         p.set_defaults(func=_command, operation=name)

@@ -465,7 +465,19 @@ def _command(args: argparse.Namespace) -> int:
         else:
             path.write_text(result.text)
             print(f"wrote {path.name}")
+            _audit(args, result, path)
     return EXIT_OK
+
+
+def _audit(args: argparse.Namespace, result: LockResult, path: Path) -> None:
+    """A written stack file changes what the next `up` deploys: one line in the audit log."""
+    from stacks import audit
+
+    moved = [c.key for c in result.changes if c.changed]
+    log = audit.audit_log_path(audit.backend_url_of(args.root), root=args.root)
+    entry = audit.Entry(args.stack, "lock", audit.SUCCEEDED, {"pins": len(moved)}, {"file": path.name, "pins": moved})
+    if audit.append(log, entry, root=args.root):
+        print(f"audit: recorded in {log}", file=sys.stderr)
 
 
 def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser], *, root_default: Path = REPO) -> None:

@@ -53,6 +53,8 @@ class Resource:
     replace_on_changes: tuple[str, ...] = ()
     additional_secret_outputs: tuple[str, ...] = ()
     outputs: dict[str, Any] = field(default_factory=dict)
+    replacement_trigger: Any = None
+    """The `replacement_trigger` option's value: when it changes, the resource is replaced."""
 
     @property
     def provider_urn(self) -> str | None:
@@ -173,6 +175,12 @@ class ClusterMocks(pulumi.runtime.Mocks):
         raise NotImplementedError(f"unexpected invoke {args.token}")
 
 
+def _replacement_trigger(request: Any) -> Any:
+    if not request.HasField("replacement_trigger"):
+        return None
+    return _mark_secrets(rpc.deserialize_property(request.replacement_trigger))
+
+
 class RecordingMonitor(sdk_mocks.MockMonitor):
     """The SDK's mock monitor, plus a record of every registration request."""
 
@@ -204,6 +212,7 @@ class RecordingMonitor(sdk_mocks.MockMonitor):
             replace_on_changes=tuple(request.replaceOnChanges),
             additional_secret_outputs=tuple(request.additionalSecretOutputs),
             outputs=_mark_secrets(registered.state) if registered else {},
+            replacement_trigger=_replacement_trigger(request),
         )
         self.recorded[resource.urn] = resource
         self.order.append(resource.urn)

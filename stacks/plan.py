@@ -7,13 +7,16 @@ evaluation (`evaluate_stack`).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import re
 import runpy
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from stacks.mocks import Evaluation, Resource, contains_secret, evaluate_program, redact
+from stacks.mocks import Evaluation, Resource, contains_secret, evaluate_program, redact, unwrap
 from stacks.stackfile import REPO, read_stack_config
 
 PROGRAM = REPO / "infra" / "__main__.py"
@@ -52,9 +55,16 @@ KEY_INPUTS: dict[str, tuple[str, ...]] = {
     "docker:index/volume:Volume": (),
     "docker:index/container:Container": ("ports", "user", "readOnly", "memory", "cpus", "gpus", "command"),
     "random:index/randomPassword:RandomPassword": ("length",),
-    "command:local:Command": ("create",),
-    "command:remote:Command": ("create",),
+    # Commands get their scripts in full below their line (`_command_lines`).
+    "command:local:Command": (),
+    "command:remote:Command": (),
 }
+COMMAND_TYPES = ("command:local:Command", "command:remote:Command")
+# What a command runs, in the order it matters; `stdin` is the script of `bash -s`.
+COMMAND_FIELDS = ("create", "update", "delete", "stdin")
+# `NAME_B64='<base64>'` in a script: data handed over encoded (components/bootstrap.py
+# `payload`); the plan decodes it so a reviewer reads what the host will get.
+PAYLOAD = re.compile(r"^([A-Z][A-Z0-9_]*_B64)='([A-Za-z0-9+/=]*)'$", re.M)
 
 
 def _integral(value: Any) -> Any:
@@ -68,12 +78,17 @@ def _integral(value: Any) -> Any:
     return value
 
 
-def _short(value: Any, limit: int = 110) -> str:
-    text = json.dumps(_integral(redact(value)), separators=(",", ":"), default=str)
+def _shown(value: Any, show_secrets: bool) -> Any:
+    """Secrets as `[secret]`, or (`--show-secrets`, like `pulumi preview --show-secrets`) in plain text."""
+    return unwrap(value) if show_secrets else redact(value)
+
+
+def _short(value: Any, limit: int = 110, *, show_secrets: bool = False) -> str:
+    text = json.dumps(_integral(_shown(value, show_secrets)), separators=(",", ":"), default=str)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _describe(resource: Resource, evaluation: Evaluation) -> str:
+def _describe(resource: Resource, evaluation: Evaluation, *, show_secrets: bool = False) -> str:
     keys = KEY_INPUTS.get(resource.type)
     parts = []
     if resource.type == "docker:index/container:Container":
@@ -83,7 +98,7 @@ def _describe(resource: Resource, evaluation: Evaluation) -> str:
     inputs = resource.inputs
     for key in keys if keys is not None else sorted(inputs):
         if key in inputs:
-            parts.append(f"{key}={_short(inputs[key])}")
+            parts.append(f"{key}={_short(inputs[key], show_secrets=show_secrets)}")
     secret_inputs = sorted(k for k, v in inputs.items() if contains_secret(v))
     if secret_inputs:
         parts.append("secrets=" + ",".join(secret_inputs))
@@ -127,17 +142,53 @@ def warnings(evaluation: Evaluation) -> list[str]:
     return [f"model {name} is UNPINNED: the first pull records the digest it gets" for name in unpinned]
 
 
-def render_text(evaluation: Evaluation) -> str:
+def _printable(text: str) -> str:
+    """One line of a script as a terminal may show it: control characters escaped."""
+    return "".join(c if c.isprintable() or c == "\t" else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def _decoded_payloads(script: str) -> list[tuple[str, str]]:
+    out = []
+    for match in PAYLOAD.finditer(script):
+        try:
+            out.append((match[1], base64.b64decode(match[2], validate=True).decode("utf-8")))
+        except (binascii.Error, UnicodeDecodeError):
+            out.append((match[1], "(not decodable as UTF-8 text)"))
+    return out
+
+
+def _command_lines(resource: Resource, indent: str, show_secrets: bool) -> list[str]:
+    """What a command runs, in full: each of create/update/delete/stdin, and the data its
+    scripts carry encoded. Secrets stay `[secret]` unless `show_secrets`."""
+    lines: list[str] = []
+    for field in COMMAND_FIELDS:
+        value = _shown(resource.inputs.get(field), show_secrets)
+        if value is None:
+            continue
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        lines.append(f"{indent}{field}:")
+        lines += [f"{indent}  | {_printable(line)}" for line in text.split("\n")]
+        for name, data in _decoded_payloads(text):
+            lines.append(f"{indent}{field} {name} (decoded):")
+            lines += [f"{indent}  | {_printable(line)}" for line in data.split("\n")]
+    return lines
+
+
+def render_text(evaluation: Evaluation, *, show_secrets: bool = False) -> str:
     lines = [f"stack {evaluation.stack} (project {evaluation.project}): {len(evaluation.resources)} resources"]
     for depth, resource in ordered(evaluation):
-        detail = _describe(resource, evaluation)
+        detail = _describe(resource, evaluation, show_secrets=show_secrets)
         lines.append(f"{'  ' * depth}{resource.type}  {resource.name}" + (f"  {detail}" if detail else ""))
+        if resource.type in COMMAND_TYPES:
+            lines += _command_lines(resource, "  " * (depth + 1) + "  ", show_secrets)
     for warning in warnings(evaluation):
         lines.append(f"warning: {warning}")
     return "\n".join(lines)
 
 
-def render_json(evaluation: Evaluation) -> str:
+def render_json(evaluation: Evaluation, *, show_secrets: bool = False) -> str:
+    """The plan as JSON; secret inputs are `[secret]` unless `show_secrets` (their names are
+    listed under `secrets` either way, so a reviewer sees which values are protected)."""
     document = {
         "stack": evaluation.stack,
         "project": evaluation.project,
@@ -147,7 +198,8 @@ def render_json(evaluation: Evaluation) -> str:
                 "type": r.type,
                 "name": r.name,
                 "parent": r.parent,
-                "inputs": _integral(r.redacted_inputs()),
+                "inputs": _integral(_shown(r.inputs, show_secrets)),
+                "secrets": sorted(k for k, v in r.inputs.items() if contains_secret(v)),
             }
             for _, r in ordered(evaluation)
         ],

@@ -35,6 +35,8 @@ import pytest
 
 from components.caddy import EDGE_PORT, EGRESS_BASE_PORT, HEALTH_PORT, HTTP_PORT, HTTPS_PORT, Route, proxy_caddyfile
 from components.hardened import SECRETS_DIR
+from components.logging_config import PUSH_PATH
+from components.monitoring import LOKI_UPSTREAM, NODE_EXPORTER_PORT
 from components.ollama import ALIAS as OLLAMA_ALIAS
 from components.ollama import PORT as OLLAMA_PORT
 from infra.program import DASHBOARD_PREFIX, DASHBOARD_USER
@@ -43,13 +45,15 @@ from tests.support.fake_http import FakeUpstream
 from tests.support.fake_ollama import FakeOllama
 from tests.support.pki import Bundle, PlanPki
 from tests.support.processes import LOOPBACK, Process, free_ports, start_process, wait_until
-from tests.support.prod_stack import GPU_NODES, loopback_prod
+from tests.support.prod_stack import GPU_NODES, HEAD, loopback_prod
 
 pytestmark = pytest.mark.integration
 
 # Debian's caddy (.ci/run installs it): a missing one fails the tests rather than skipping them.
 CADDY = shutil.which("caddy") or "/usr/bin/caddy"
 CONTAINER = "docker:index/container:Container"
+NODE_UPSTREAM = f"reverse_proxy node-exporter:{NODE_EXPORTER_PORT} {{"
+LOKI_UPSTREAM_LINE = f"reverse_proxy {LOKI_UPSTREAM} {{"
 CADDYFILE = f"{SECRETS_DIR}/Caddyfile"
 DOMAIN = "ai.example.com"
 INTERNAL_PROXY = {"domain": DOMAIN, "tls": "internal", "listenAddress": "192.0.2.10"}
@@ -73,23 +77,29 @@ def container(plan: Evaluation, name: str) -> Resource:
     return found
 
 
-def localize(text: str, replacements: Mapping[str, str], secrets: Path) -> str:
-    """The Caddyfile with the Docker-only values replaced; each must be found exactly once."""
+def localize(text: str, replacements: Mapping[str, str], secrets: Path, every: frozenset[str] = frozenset()) -> str:
+    """The Caddyfile with the Docker-only values replaced; each must be found exactly once
+    (those in `every`: at least once, e.g. an upstream several grants of a route proxy to)."""
     for old, new in replacements.items():
-        assert text.count(old) == 1, f"{old!r} occurs {text.count(old)} times in:\n{text}"
+        count = text.count(old)
+        assert count == 1 or (old in every and count > 1), f"{old!r} occurs {count} times in:\n{text}"
         text = text.replace(old, new)
     # The container's secrets volume: here the directory holding the real PEMs.
     return text.replace(f"{SECRETS_DIR}/", f"{secrets}/")
 
 
 def write_caddyfile(
-    plan_container: Resource, pki: PlanPki, directory: Path, replacements: Mapping[str, str] | None = None
+    plan_container: Resource,
+    pki: PlanPki,
+    directory: Path,
+    replacements: Mapping[str, str] | None = None,
+    every: frozenset[str] = frozenset(),
 ) -> Path:
     """The container's uploads (real PEMs) in `directory`, its Caddyfile localized beside them."""
     files = pki.write_uploads(plan_container, directory / "secrets")
     assert CADDYFILE in files, f"{plan_container.urn}: no Caddyfile upload"
     local = directory / "Caddyfile"
-    local.write_text(localize(files[CADDYFILE].read_text(), replacements or {}, directory / "secrets"))
+    local.write_text(localize(files[CADDYFILE].read_text(), replacements or {}, directory / "secrets", every))
     return local
 
 
@@ -176,6 +186,8 @@ def request(
     context: ssl.SSLContext | None = None,
     server_name: str | None = None,
     headers: Mapping[str, str] | None = None,
+    method: str = "GET",
+    body: bytes | None = None,
 ) -> Reply:
     """GET over http, or https with `context`: connect to `address`, present `server_name` as SNI.
 
@@ -185,16 +197,16 @@ def request(
     if context is None:
         connection: http.client.HTTPConnection = http.client.HTTPConnection(address, port, timeout=REQUEST_TIMEOUT_S)
     else:
-        name = server_name or address
+        name, tls = server_name or address, context
 
         class Resolved(http.client.HTTPSConnection):
             def connect(self) -> None:
                 raw = socket.create_connection((address, port), REQUEST_TIMEOUT_S)
-                self.sock = context.wrap_socket(raw, server_hostname=name)
+                self.sock = tls.wrap_socket(raw, server_hostname=name)
 
         connection = Resolved(address, port, timeout=REQUEST_TIMEOUT_S, context=context)
     try:
-        connection.request("GET", path, headers=dict(headers or {}))
+        connection.request(method, path, body=body, headers=dict(headers or {}))
         response = connection.getresponse()
         return Reply(response.status, response.headers, response.read())
     finally:
@@ -245,11 +257,15 @@ def internal_pki(internal_plan: Evaluation) -> PlanPki:
 
 @pytest.fixture(scope="module")
 def bundles(pki: PlanPki, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Bundle]:
-    """Client certificates: the egress's, an edge's (server-only), and one from another CA."""
+    """Client certificates: each client role's, an edge's (server-only), Dask's operator, one from another CA."""
     tmp = tmp_path_factory.mktemp("clients")
     other = PlanPki(pki.evaluation)
     return {
         "egress": pki.cert("cluster-ca-egress-cert").write(tmp / "egress"),
+        "prometheus": pki.cert("cluster-ca-prometheus-cert").write(tmp / "prometheus"),
+        "blackbox": pki.cert("cluster-ca-blackbox-cert").write(tmp / "blackbox"),
+        "alloy": pki.cert("cluster-ca-alloy-gpu1-cert").write(tmp / "alloy"),
+        "dask operator": pki.cert("dask-ca-operator-cert").write(tmp / "dask-operator"),
         "server-only": pki.cert("cluster-ca-edge-gpu2-cert").write(tmp / "server-only"),
         "other CA": other.cert("cluster-ca-egress-cert").write(tmp / "other"),
     }
@@ -263,6 +279,8 @@ class Edge:
     ollama: FakeOllama
     process: Process
     health_port: int
+    node_exporter: FakeUpstream
+    """What the edge's `/metrics/node` route proxies to (the node exporter)."""
 
 
 @pytest.fixture(scope="module")
@@ -274,7 +292,10 @@ def edges(
     for host, address in GPU_NODES.items():
         ollama = FakeOllama().start()
         request.addfinalizer(ollama.stop)
+        node_exporter = FakeUpstream(f"node-exporter-{host}").start()
+        request.addfinalizer(node_exporter.stop)
         edge_port, health_port = free_ports(2, ANY_ADDRESS)
+        ollama_upstream = f"reverse_proxy {OLLAMA_ALIAS}:{OLLAMA_PORT} {{"
         caddyfile = write_caddyfile(
             container(plan, f"edge-{host}"),
             pki,
@@ -282,11 +303,13 @@ def edges(
             {
                 f"\n:{EDGE_PORT} {{\n": f"\n:{edge_port} {{\n",
                 f"http://127.0.0.1:{HEALTH_PORT} {{": f"http://127.0.0.1:{health_port} {{",
-                f"reverse_proxy {OLLAMA_ALIAS}:{OLLAMA_PORT} {{": f"reverse_proxy {ollama.url.removeprefix('http://')} {{",
+                ollama_upstream: f"reverse_proxy {ollama.url.removeprefix('http://')} {{",
+                NODE_UPSTREAM: f"reverse_proxy 127.0.0.1:{node_exporter.port} {{",
             },
+            every=frozenset({ollama_upstream}),
         )
         process = run_caddy(container(plan, f"edge-{host}"), caddyfile, health_port, request)
-        running[host] = Edge(host, address, edge_port, ollama, process, health_port)
+        running[host] = Edge(host, address, edge_port, ollama, process, health_port, node_exporter)
     yield running
 
 
@@ -369,6 +392,7 @@ def proxy(
     [
         "edge-gpu1",
         "edge-gpu2",
+        "edge-head",
         "egress",
         "proxy (acme, plan)",
         "proxy (internal, plan)",
@@ -438,6 +462,140 @@ def test_edge_forwards_a_client_with_the_egress_certificate(edges: dict[str, Edg
         assert [r.path for r in edge.ollama.calls("GET")][-1] == "/api/version", "the /ollama prefix must be stripped"
         # Nothing but the declared routes: the rest is 404 and never reaches Ollama.
         assert request(edge.port, "/api/version", address=edge.address, context=context).status == 404
+
+
+# Ollama's management API (docs/api.md upstream): none of it may be reached from the cluster.
+MANAGEMENT = [
+    ("POST", "/api/pull"),
+    ("POST", "/api/push"),
+    ("POST", "/api/create"),
+    ("POST", "/api/copy"),
+    ("DELETE", "/api/delete"),
+    ("POST", "/api/blobs/sha256:" + "0" * 64),
+    ("HEAD", "/api/blobs/sha256:" + "0" * 64),
+    # The same endpoints spelled so a naive prefix or string match would let them by.
+    ("POST", "/api/chat/../pull"),
+    ("POST", "/api/p%75ll"),
+    ("POST", "/api//pull"),
+    ("GET", "/api/pull"),
+]
+
+
+def edge_call(edge: Edge, client: Bundle, method: str, path: str, body: bytes | None = None) -> Reply:
+    context = tls_context(client.ca, client)
+    return request(edge.port, path, address=edge.address, context=context, method=method, body=body)
+
+
+@pytest.mark.parametrize(("method", "path"), MANAGEMENT, ids=[f"{m} {p}" for m, p in MANAGEMENT])
+def test_edge_refuses_ollamas_management_api_even_to_the_egress(
+    method: str, path: str, edges: dict[str, Edge], bundles: dict[str, Bundle]
+) -> None:
+    edge = edges["gpu1"]
+    before = len(edge.ollama.requests)
+    reply = edge_call(
+        edge, bundles["egress"], method, f"/ollama{path}", b'{"model": "x"}' if method != "HEAD" else None
+    )
+    assert reply.status == 403, f"edge-{edge.host}: {method} {path} -> {reply.status} {reply.body!r}"
+    assert len(edge.ollama.requests) == before, f"edge-{edge.host}: {method} {path} reached Ollama"
+
+
+def test_edge_serves_the_egress_ollamas_inference_api(edges: dict[str, Edge], bundles: dict[str, Bundle]) -> None:
+    edge = edges["gpu2"]
+    for path in ("/api/version", "/api/tags"):
+        reply = edge_call(edge, bundles["egress"], "GET", f"/ollama{path}")
+        assert reply.status == 200, f"edge-{edge.host}: GET {path} -> {reply.status}\n{edge.process.tail()}"
+    # Inference endpoints the fake does not implement still reach it (its 404, not the edge's 403).
+    before = len(edge.ollama.calls("POST", "/api/chat"))
+    reply = edge_call(edge, bundles["egress"], "POST", "/ollama/api/chat", b'{"model": "x", "messages": []}')
+    assert reply.status != 403, f"edge-{edge.host}: POST /api/chat refused to the egress"
+    assert len(edge.ollama.calls("POST", "/api/chat")) == before + 1, "POST /api/chat did not reach Ollama"
+
+
+# Which client may do what on a worker host's edge: (client, method, path) -> allowed.
+EDGE_MATRIX = [
+    ("egress", "GET", "/ollama/api/tags", True),
+    ("egress", "GET", "/metrics/node/metrics", False),
+    ("prometheus", "GET", "/metrics/node/metrics", True),
+    ("prometheus", "GET", "/ollama/api/version", False),
+    ("prometheus", "POST", "/ollama/api/generate", False),
+    ("blackbox", "GET", "/ollama/api/version", True),
+    ("blackbox", "GET", "/ollama/api/tags", False),
+    ("blackbox", "POST", "/ollama/api/chat", False),
+    ("blackbox", "GET", "/metrics/node/metrics", False),
+    ("alloy", "GET", "/ollama/api/version", False),
+    ("alloy", "POST", "/ollama/api/chat", False),
+    ("alloy", "GET", "/metrics/node/metrics", False),
+]
+
+
+@pytest.mark.parametrize(
+    ("client", "method", "path", "allowed"), EDGE_MATRIX, ids=[f"{c} {m} {p}" for c, m, p, _ in EDGE_MATRIX]
+)
+def test_edge_gives_each_client_certificate_only_its_own_routes(
+    client: str, method: str, path: str, allowed: bool, edges: dict[str, Edge], bundles: dict[str, Bundle]
+) -> None:
+    edge = edges["gpu1"]
+    before = len(edge.ollama.requests) + len(edge.node_exporter.seen)
+    reply = edge_call(edge, bundles[client], method, path, b"{}" if method == "POST" else None)
+    reached = len(edge.ollama.requests) + len(edge.node_exporter.seen) - before
+    if allowed:
+        assert reply.status == 200 and reached == 1, f"edge-{edge.host}: {client} {method} {path} -> {reply.status}"
+    else:
+        assert reply.status == 403 and reached == 0, (
+            f"edge-{edge.host}: {client} {method} {path} -> {reply.status}, {reached} request(s) upstream"
+        )
+
+
+def test_edges_refuse_dasks_certificates_at_the_handshake(edges: dict[str, Edge], bundles: dict[str, Bundle]) -> None:
+    """The operator's Dask certificate comes from Dask's CA: no edge trusts it."""
+    edge = edges["gpu1"]
+    context = tls_context(bundles["egress"].ca, bundles["dask operator"])
+    alert = handshake_alert(edge.address, edge.port, context)
+    assert alert.reason in BAD_CERTIFICATE_ALERTS, f"edge-{edge.host}: {alert!r}"
+
+
+@pytest.fixture(scope="module")
+def head_edge(
+    request: pytest.FixtureRequest, plan: Evaluation, pki: PlanPki, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[int, FakeUpstream]:
+    """The head's edge (Loki's push API for the other hosts' shippers), Loki a fake."""
+    loki = FakeUpstream("loki").start()
+    request.addfinalizer(loki.stop)
+    edge_port, health_port = free_ports(2, ANY_ADDRESS)
+    caddyfile = write_caddyfile(
+        container(plan, "edge-head"),
+        pki,
+        tmp_path_factory.mktemp("edge-head"),
+        {
+            f"\n:{EDGE_PORT} {{\n": f"\n:{edge_port} {{\n",
+            f"http://127.0.0.1:{HEALTH_PORT} {{": f"http://127.0.0.1:{health_port} {{",
+            LOKI_UPSTREAM_LINE: f"reverse_proxy 127.0.0.1:{loki.port} {{",
+        },
+    )
+    run_caddy(container(plan, "edge-head"), caddyfile, health_port, request)
+    return edge_port, loki
+
+
+HEAD_MATRIX = [
+    ("alloy", "POST", True),
+    ("alloy", "GET", False),
+    ("prometheus", "POST", False),
+    ("egress", "POST", False),
+    ("blackbox", "POST", False),
+]
+
+
+@pytest.mark.parametrize(("client", "method", "allowed"), HEAD_MATRIX, ids=[f"{c} {m}" for c, m, _ in HEAD_MATRIX])
+def test_head_edge_takes_log_pushes_from_shippers_only(
+    client: str, method: str, allowed: bool, head_edge: tuple[int, FakeUpstream], bundles: dict[str, Bundle]
+) -> None:
+    port, loki = head_edge
+    before = len(loki.seen)
+    context = tls_context(bundles[client].ca, bundles[client])
+    body = b"{}" if method == "POST" else None
+    reply = request(port, PUSH_PATH, address=HEAD, context=context, method=method, body=body)
+    expected = (200, 1) if allowed else (403, 0)
+    assert (reply.status, len(loki.seen) - before) == expected, f"edge-head: {client} {method} {PUSH_PATH}: {reply}"
 
 
 # -- the egress, in front of the edges ---------------------------------------------------------------------

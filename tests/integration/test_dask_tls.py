@@ -58,8 +58,13 @@ from tests.support.prod_stack import GPU_NODES, HEAD, loopback_prod
 
 pytestmark = pytest.mark.integration
 
-OPERATOR_CERT = "cluster-ca-operator-cert"
+OPERATOR_CERT = "dask-ca-operator-cert"
 EDGE_CERT = "cluster-ca-edge-gpu1-cert"
+# Clients of the cluster CA that must not join Dask: the log shipper and the prober.
+SHIPPER_CERT = "cluster-ca-alloy-gpu1-cert"
+PROBER_CERT = "cluster-ca-blackbox-cert"
+DASK_CA = "dask-ca-cert"
+CLUSTER_CA = "cluster-ca-cert"
 DRAINED_HOST = "gpu2"
 # A refused client must fail at once; the bound covers distributed's own retries.
 REFUSAL_TIMEOUT_S = 5
@@ -161,12 +166,14 @@ def host_address(worker: Resource) -> str:
 
 
 def test_issued_certificates_apply_the_plans_algorithm_usages_and_names(plan: Evaluation, pki: PlanPki) -> None:
-    ca = x509.load_pem_x509_certificate(pki.ca_pem.encode())
-    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca, "the CA certificate is no CA"
+    assert sorted(pki.cas) == [CLUSTER_CA, DASK_CA], sorted(pki.cas)
+    for ca in pki.cas.values():
+        assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca, "the CA certificate is no CA"
     for resource in plan.by_type(LOCALLY_SIGNED):
         inputs = resource.plain_inputs()
         issued = pki.cert(resource.name).certificate
-        issued.verify_directly_issued_by(ca)
+        # Dask's certificates (its processes' and the operator's) come from Dask's own CA, the rest from the cluster's.
+        issued.verify_directly_issued_by(pki.cas[DASK_CA if resource.name.startswith("dask-ca-") else CLUSTER_CA])
         key = issued.public_key()
         assert isinstance(key, ec.EllipticCurvePublicKey), f"{resource.urn}: not an ECDSA key"
         # pulumi-tls defaults to P224: the program must have set P256 or better.
@@ -177,7 +184,7 @@ def test_issued_certificates_apply_the_plans_algorithm_usages_and_names(plan: Ev
     # Who gets what: Dask peers both ways, the operator a client, an edge a server.
     assert tuple(plan.named(OPERATOR_CERT).plain_inputs()["allowedUses"]) == CLIENT_USAGES
     assert tuple(plan.named(EDGE_CERT).plain_inputs()["allowedUses"]) == SERVER_USAGES
-    for name in ("cluster-ca-dask-scheduler-cert", *(f"cluster-ca-dask-{host}-cert" for host in GPU_NODES)):
+    for name in ("dask-ca-dask-scheduler-cert", *(f"dask-ca-dask-{host}-cert" for host in GPU_NODES)):
         assert tuple(plan.named(name).plain_inputs()["allowedUses"]) == PEER_USAGES, name
 
 
@@ -188,7 +195,8 @@ def test_each_dask_container_gets_its_hosts_certificate(plan: Evaluation, pki: P
             continue
         files = pki.write_uploads(container, tmp_path / container.name)
         cert = x509.load_pem_x509_certificate(files[f"{SECRETS_DIR}/tls.crt"].read_bytes())
-        assert files[f"{SECRETS_DIR}/ca.pem"].read_text() == pki.ca_pem, f"{container.urn}: ca.pem is not the CA"
+        dask_ca = pki.cert(OPERATOR_CERT).ca_pem
+        assert files[f"{SECRETS_DIR}/ca.pem"].read_text() == dask_ca, f"{container.urn}: ca.pem is not Dask's CA"
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         ips = [str(a) for a in sans.get_values_for_type(x509.IPAddress)]
         expected = HEAD if container.name == "dask-scheduler" else host_address(container)
@@ -286,16 +294,30 @@ REFUSALS: dict[str, tuple[Refused, str]] = {
         ),
         "certificate verify failed: unable to get local issuer certificate",
     ),
-    "server-only certificate of the cluster CA": (
-        # An edge's certificate lacks client_auth: the usages the program declares are enforced.
-        lambda c, pki, other, tmp: (security(pki.cert(EDGE_CERT).write(tmp)), "tls"),
-        "certificate verify failed: unsuitable certificate purpose",
+    # Certificates of the cluster's other CA: valid for their edges, never for Dask. Each
+    # client trusts Dask's CA, so the refusal is the listener's.
+    "the log shipper's client certificate (cluster CA)": (
+        lambda c, pki, other, tmp: (dask_client(pki, SHIPPER_CERT, tmp), "tls"),
+        "certificate verify failed: unable to get local issuer certificate",
+    ),
+    "the prober's client certificate (cluster CA)": (
+        lambda c, pki, other, tmp: (dask_client(pki, PROBER_CERT, tmp), "tls"),
+        "certificate verify failed: unable to get local issuer certificate",
+    ),
+    "an edge's server certificate (cluster CA)": (
+        lambda c, pki, other, tmp: (dask_client(pki, EDGE_CERT, tmp), "tls"),
+        "certificate verify failed: unable to get local issuer certificate",
     ),
     "plain tcp": (
         lambda c, pki, other, tmp: (None, "tcp"),
         "wrong version number",
     ),
 }
+
+
+def dask_client(pki: PlanPki, name: str, tmp: Path) -> Security:
+    """A client presenting the plan's certificate `name` while trusting Dask's CA."""
+    return security(pki.cert(name).write(tmp / "client"), ca=pki.cert(OPERATOR_CERT).write(tmp / "dask").ca)
 
 
 def assert_logged_refusal(log: Callable[[], str], error: BaseException, reason: str) -> None:

@@ -122,13 +122,22 @@ def _ssh_opts(address: str) -> str:
     )  # fmt: skip
 
 
-def sync_command(image: str, digest: str | None) -> str:
+def sync_props(stack: str, digest: str | None, *, network: str = "local-net", host: str = "local") -> dict[str, Any]:
+    """The Ollama model sync as components/ollama.py declares it: a run-once task container."""
     pins = json.dumps([{"digest": digest, "name": "qwen2.5:0.5b"}], sort_keys=True)
-    return (
-        "docker run --rm -i --network local-net --read-only --cap-drop ALL --security-opt no-new-privileges:true "
-        "--user 65534:65534 --memory 256m --cpus 0.5 --pids-limit 64 --label cluster-ai.service=ollama-model-sync "
-        f"{image} python - --url http://ollama:11434 --pins '{pins}'"
+    props = container_props(
+        stack,
+        "ollama-model-sync",
+        user="65534:65534",
+        command=["python", "-c", "import sys", "--url", "http://ollama:11434", "--pins", pins],
+        network=network,
+        host=host,
     )
+    for key in ("healthcheck", "wait", "waitTimeout", "maxRetryCount", "mounts"):
+        props.pop(key)
+    props.update({"restart": "no", "mustRun": False, "attach": True, "logs": True})
+    props["networksAdvanced"] = [{"name": network}]
+    return props
 
 
 def dev_stack() -> dict[str, Subject]:
@@ -188,16 +197,7 @@ def dev_stack() -> dict[str, Subject]:
             ),
             **on,
         ),
-        "sync": _subject(
-            stack,
-            LOCAL_COMMAND,
-            "ollama-local-model-sync",
-            {
-                "create": sync_command("ghcr.io/dask/dask:2026.8.0-py3.12", MODEL_DIGEST),
-                "environment": {"DOCKER_HOST": "unix:///var/run/docker.sock"},
-                "interpreter": ["/bin/sh", "-c"],
-            },
-        ),
+        "sync": _subject(stack, CONTAINER, "ollama-local-model-sync", sync_props(stack, MODEL_DIGEST), **on),
     }
 
 
@@ -282,11 +282,19 @@ def prod_stack() -> dict[str, Subject]:
         ),
         "sync": _subject(
             stack,
-            REMOTE_COMMAND,
+            CONTAINER,
             "ollama-gpu1-model-sync",
+            sync_props(stack, MODEL_DIGEST, network="gpu1-net", host="gpu1"),
+            **on,
+        ),
+        "drain": _subject(
+            stack,
+            REMOTE_COMMAND,
+            "dask-workers-gpu1-drain",
             {
-                "create": sync_command("ghcr.io/dask/dask:2026.8.0-py3.12" + DIGEST, MODEL_DIGEST),
-                "connection": connection,
+                "create": "echo 'cluster-ai: 1 worker(s) of dask-workers-gpu1 will be retired before removal'",
+                "delete": "timeout 120 docker exec \"$(docker ps -q)\" python -c 'print(1)'",
+                "connection": {**connection, "host": "192.0.2.10"},
             },
         ),
     }

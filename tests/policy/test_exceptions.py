@@ -44,7 +44,6 @@ ROOT_MOUNT = {"type": "bind", "source": "/", "target": "/host", "readOnly": True
 GRANTED = [
     ("node-exporter", {"pidMode": "host"}, "host-pid-namespace-not-shared"),
     ("node-exporter", {"mounts": [ROOT_MOUNT]}, "sensitive-host-paths-not-mounted"),
-    ("dcgm-exporter", {"capabilities": {"drops": ["ALL"], "adds": ["SYS_ADMIN"]}}, "capabilities-restricted"),
     ("dcgm-exporter", {"gpus": "all"}, "host-devices-not-exposed"),
     ("ollama", {"gpus": "all"}, "host-devices-not-exposed"),
     ("webui", {"readOnly": False}, "root-filesystem-read-only"),
@@ -99,11 +98,11 @@ def test_an_exempted_host_path_must_stay_read_only() -> None:
     assert "may mount host path / only read-only" in report.violations[0].message
 
 
-def test_an_exempted_capability_does_not_extend_to_others() -> None:
-    report = _report(_as("dcgm-exporter", capabilities={"drops": ["ALL"], "adds": ["SYS_ADMIN", "NET_ADMIN"]}))
+def test_dcgm_gets_no_capability_back_not_even_sys_admin() -> None:
+    report = _report(_as("dcgm-exporter", capabilities={"drops": ["ALL"], "adds": ["SYS_ADMIN"]}))
     assert report.fired() == {"capabilities-restricted"}
     assert [v.message.split(" adds ")[-1] for v in report.violations] == [
-        "capabilities NET_ADMIN that are not on its allow-list."
+        "capabilities SYS_ADMIN that are not on its allow-list."
     ]
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -33,9 +34,17 @@ def _violations(report: Report) -> list[str]:
     return [f"{v.rule} on {v.urn}: {v.message}" for v in report.violations]
 
 
+def stack_files_on_disk() -> list[str]:
+    """Stack names from the repository's directory listing, read independently of SHIPPED's glob."""
+    names = (re.fullmatch(r"Pulumi\.(.+)\.yaml", entry.name) for entry in os.scandir(REPO) if entry.is_file())
+    return sorted(m[1] for m in names if m)
+
+
 def test_the_shipped_stacks_are_found() -> None:
-    assert "dev" in SHIPPED
-    assert all((REPO / f"Pulumi.{s}.yaml").is_file() for s in SHIPPED)
+    assert {"dev", "prod"} <= set(SHIPPED), SHIPPED
+    assert SHIPPED == stack_files_on_disk(), "SHIPPED misses or invents stack files"
+    for stack in SHIPPED:
+        assert stack and "/" not in stack and not stack.startswith("Pulumi") and not stack.endswith(".yaml"), stack
 
 
 @pytest.mark.parametrize("stack", SHIPPED)
@@ -80,12 +89,12 @@ def test_prod_graph_with_an_unpinned_model_fails_the_model_rule() -> None:
         pytest.skip("no Pulumi.prod.yaml yet")
     evaluation = evaluate_stack("prod")
     # The config refuses an unpinned model in prod, so the graph is edited as a
-    # hand-written program could build it: one sync command without a digest.
+    # hand-written program could build it: one sync task whose pin is no digest.
     edited = []
     for subject in subjects(evaluation):
         if subject.name.endswith("-model-sync"):
-            create = str(subject.props["create"]).replace('"digest": "', '"digest": "x')
-            subject = replace(subject, props={**subject.props, "create": create})
+            command = [str(w).replace('"digest": "', '"digest": "x') for w in subject.props["command"]]
+            subject = replace(subject, props={**subject.props, "command": command})
         edited.append(subject)
     report = run(edited)
     assert report.fired() == {"models-pinned-by-digest-in-prod"}
@@ -119,5 +128,15 @@ def test_container_rules_read_no_input_a_preview_leaves_unknown() -> None:
 
 
 def test_shipped_stack_files_are_what_the_tests_iterate() -> None:
-    # New stacks are picked up by the glob: nothing to register by hand.
-    assert sorted(Path(p).name for p in REPO.glob("Pulumi.*.yaml")) == [f"Pulumi.{s}.yaml" for s in SHIPPED]
+    """Every per-stack test runs over every stack file on disk: a new stack is picked up
+    without registering it, and none is silently left out."""
+    on_disk = stack_files_on_disk()
+    per_stack = [
+        (function.__name__, list(mark.args[1]))
+        for function in (test_shipped_stack_passes_every_policy, test_shipped_stack_passes_during_preview_with_unknowns)
+        for mark in getattr(function, "pytestmark", [])
+        if mark.name == "parametrize" and mark.args[0] == "stack"
+    ]
+    assert len(per_stack) == 2, per_stack
+    for name, stacks in per_stack:
+        assert sorted(stacks) == on_disk, f"{name} runs over {stacks}, the repository has {on_disk}"

@@ -92,8 +92,16 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: tests assert on `seen`."""
 
+    def do_POST(self) -> None:
+        """Like GET, after reading (and dropping) the body: a push endpoint's contract is its status."""
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self._answer("POST")
+
     def do_GET(self) -> None:
-        self.fake._record(Seen("GET", self.path, {k.lower(): v for k, v in self.headers.items()}))
+        self._answer("GET")
+
+    def _answer(self, method: str) -> None:
+        self.fake._record(Seen(method, self.path, {k.lower(): v for k, v in self.headers.items()}))
         body = f"{self.fake.name} {self.path}".encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain; charset=utf-8")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
 import pulumi
 import pytest
@@ -209,3 +210,49 @@ def test_redis_conf_requires_the_password_and_disables_admin_commands() -> None:
     assert "protected-mode yes" in conf
     assert 'rename-command CONFIG ""' in conf
     assert "maxmemory 192mb" in conf
+
+
+def test_a_secret_file_stays_secret_even_when_the_caller_passes_a_plain_value() -> None:
+    """`secret_files` takes Outputs; one that is not marked secret is marked by the helper."""
+
+    def program() -> None:
+        class Holder(pulumi.ComponentResource):
+            def __init__(self) -> None:
+                super().__init__("cluster-ai:test:Holder", "h", {}, None)
+                spec = _container()
+                plain = pulumi.Output.from_input("hunter2-plain")  # the caller forgot Output.secret
+                spec = ServiceContainer(**{**spec.__dict__, "secret_files": {"token": plain}})
+                hardened_container("h-c", spec, pulumi.ResourceOptions(parent=self))
+
+        Holder()
+
+    ev = run(program)
+    container = ev.named("h-c")
+    uploads = container.inputs["uploads"]
+    assert isinstance(uploads, Secret), f"{container.urn}: uploads are not secret: {uploads!r}"
+    (upload,) = container.plain_inputs()["uploads"]
+    assert upload["file"] == "/run/secrets/token" and upload["content"] == "hunter2-plain", container.urn
+    assert upload["permissions"] == "0400", container.urn
+
+
+@pytest.mark.parametrize(
+    ("overrides", "ca_hours", "leaf_hours", "renewal_hours"),
+    [
+        ({}, 3650 * 24, 365 * 24, 30 * 24),
+        ({"caValidityDays": 730, "certValidityDays": 90, "earlyRenewalDays": 10}, 730 * 24, 90 * 24, 10 * 24),
+    ],
+    ids=["defaults", "configured"],
+)
+def test_issued_certificates_are_valid_for_the_configured_days_in_hours(
+    stack_with: Callable[..., Evaluation], overrides: dict[str, int], ca_hours: int, leaf_hours: int, renewal_hours: int
+) -> None:
+    """pulumi-tls takes hours: a days value passed as hours would issue 365-hour certificates."""
+    ev = stack_with("prod", tls=overrides) if overrides else stack_with("prod")
+    cas = ev.by_type("tls:index/selfSignedCert:SelfSignedCert")
+    leaves = ev.by_type("tls:index/locallySignedCert:LocallySignedCert")
+    assert len(cas) == 2 and len(leaves) >= 10, (len(cas), len(leaves))
+    for cert, hours in [(c, ca_hours) for c in cas] + [(c, leaf_hours) for c in leaves]:
+        inputs = cert.plain_inputs()
+        assert inputs["validityPeriodHours"] == hours, f"{cert.urn}: {inputs['validityPeriodHours']} h, want {hours}"
+        assert inputs["earlyRenewalHours"] == renewal_hours, f"{cert.urn}: renews {inputs['earlyRenewalHours']} h early"
+        assert (inputs.get("isCaCertificate") is True) == (cert in cas), cert.urn

@@ -163,7 +163,7 @@ CASES: list[Bad] = [
         "cluster-ai:images",
         "must be an object with keys",
     ),
-    Bad("roles-as-number", "type", host_with(roles=5), "cluster-ai:hosts[0].roles", "must be a list, got '5'"),
+    Bad("roles-as-number", "type", host_with(roles=5), "cluster-ai:hosts[0].roles", "must be a list, got 5 (a number)"),
     Bad(
         "hosts-json-does-not-parse",
         "type",

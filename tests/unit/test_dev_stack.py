@@ -16,12 +16,12 @@ VOLUME = "docker:index/volume:Volume"
 NETWORK = "docker:index/network:Network"
 PROVIDER = "pulumi:providers:docker"
 PASSWORD = "random:index/randomPassword:RandomPassword"
-SYNC = "command:local:Command"
 
 DIGEST = "a8b0c51577010a279d933d14c2a8ab4b268079d44c5c8830c0a93900f1827c67"
 # components/monitoring.py: the host's exporters and the head's monitoring stack (tests/unit/test_monitoring.py).
 MONITORING_CONTAINERS = [
     "exporters-local-alloy",
+    "exporters-local-backup-metrics",
     "exporters-local-cadvisor",
     "exporters-local-node-exporter",
     "monitoring-alertmanager",
@@ -86,6 +86,7 @@ def test_dev_declares_every_core_service(dev: Evaluation) -> None:
         "dask-workers-local-0",
         *MONITORING_CONTAINERS,
         "ollama-local",
+        "ollama-local-model-sync",
         "postgres",
         "postgres-backup",
         "redis",
@@ -172,6 +173,7 @@ def test_non_root_users_where_the_images_allow(dev: Evaluation) -> None:
         "postgres": "999:999",
         "postgres-backup": "999:999",
         "redis": "999:999",
+        "ollama-local-model-sync": "65534:65534",
         # These two images keep their state under root-owned paths (documented in their components).
         "ollama-local": None,
         "webui": None,
@@ -305,18 +307,31 @@ def test_postgres_and_redis_sit_on_an_internal_network(dev: Evaluation) -> None:
         assert [nets[n].plain_inputs().get("internal") for n in attached] == [True], c[name].urn
 
 
-def test_model_sync_pins_the_dev_model_and_follows_ollama(dev: Evaluation) -> None:
+def test_model_sync_is_a_task_on_ollamas_network_that_pins_the_dev_model(dev: Evaluation) -> None:
     sync = dev.named("ollama-local-model-sync")
-    assert sync.type == SYNC
+    assert sync.type == CONTAINER, f"{sync.urn}: the sync runs through the host's Docker provider"
     inputs = sync.plain_inputs()
-    argv = shlex.split(inputs["create"])
+    argv = inputs["command"]
+    assert argv[:2] == ["python", "-c"] and argv[2].startswith('"""Converge an Ollama server'), sync.urn
     pins = json.loads(argv[argv.index("--pins") + 1])
     assert pins == [{"digest": DIGEST, "name": "qwen2.5:0.5b"}], sync.urn
-    assert inputs["environment"] == {"DOCKER_HOST": "unix:///var/run/docker.sock"}, sync.urn
+    assert argv[argv.index("--url") + 1] == "http://ollama:11434", sync.urn
+    # A task: up waits for it to exit and keeps its output; an exited task is not drift.
+    assert (inputs["attach"], inputs["logs"], inputs["mustRun"], inputs["restart"]) == (True, True, False, "no")
+    assert "healthcheck" not in inputs and not inputs.get("wait"), sync.urn
+    assert inputs["user"] == "65534:65534" and inputs["readOnly"] is True, sync.urn
     ollama = containers(dev)["ollama-local"]
     assert ollama.urn in sync.dependencies, f"{sync.urn} must wait for Ollama"
-    assert ollama.outputs.get("id", f"{ollama.name}-id") in inputs["triggers"], sync.urn
-    assert inputs["stdin"].startswith('"""Converge an Ollama server'), sync.urn
+    assert network_names_of(sync) == network_names_of(ollama), f"{sync.urn} is not on Ollama's network"
+    assert sync.replacement_trigger is not None and ollama.outputs.get("id", f"{ollama.name}-id") in str(
+        sync.replacement_trigger
+    ), f"{sync.urn}: a new Ollama container must replace (re-run) the sync"
+
+
+def test_dev_stack_needs_no_command_provider(dev: Evaluation) -> None:
+    """dev converges with the docker, tls and random providers alone (see docs/engine.md)."""
+    commands = [r.urn for r in dev if r.type.startswith("command:")]
+    assert commands == [], f"dev declares command resources: {commands}"
 
 
 def test_every_resource_is_parented_to_a_component(dev: Evaluation) -> None:
@@ -334,7 +349,7 @@ def test_every_resource_is_parented_to_a_component(dev: Evaluation) -> None:
 
 def test_preview_with_unknown_outputs_evaluates(stack_with: Callable[..., Evaluation]) -> None:
     ev = stack_with("dev", preview=True)
-    assert len(ev.by_type(CONTAINER)) == 7 + len(MONITORING_CONTAINERS)
+    assert len(ev.by_type(CONTAINER)) == 8 + len(MONITORING_CONTAINERS)
 
 
 def test_unpinned_dev_model_is_reported_in_the_plan(stack_with: Callable[..., Evaluation]) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -62,6 +64,15 @@ def by_service(ev: Evaluation) -> dict[str, list[Resource]]:
     for c in ev.by_type(CONTAINER):
         out.setdefault(labels_of(c)["cluster-ai.service"], []).append(c)
     return out
+
+
+DASHBOARDS = Path(__file__).resolve().parents[2] / "monitoring" / "dashboards"
+
+
+def alert_rules_of(ev: Evaluation) -> Any:
+    """The alert rules the plan's Prometheus loads."""
+    [prometheus] = by_service(ev)["prometheus"]
+    return yaml.safe_load(config_file(prometheus, "rules.yml"))
 
 
 def config_file(container: Resource, name: str) -> str:
@@ -135,14 +146,26 @@ def test_exporters_use_their_hosts_provider() -> None:
             assert c.provider_urn == providers[labels["cluster-ai.host"]], f"{c.urn} is on the wrong host"
 
 
-def test_a_gpu_dev_host_gets_a_dcgm_exporter_with_only_sys_admin(stack_with: Callable[..., Evaluation]) -> None:
+def test_a_gpu_dev_host_gets_a_dcgm_exporter_without_sys_admin_collecting_what_is_used(
+    stack_with: Callable[..., Evaluation],
+) -> None:
     hosts = [
         {"name": "gpu1", "address": "127.0.0.1", "roles": ["head", "worker"], "cpus": 8, "memoryGb": 32, "gpus": 2}
     ]
     ev = stack_with("dev", hosts=hosts)
     [dcgm] = by_service(ev)["dcgm-exporter"]
     inputs = dcgm.plain_inputs()
-    assert inputs["capabilities"] == {"drops": ["ALL"], "adds": ["SYS_ADMIN"]}, dcgm.urn
+    assert inputs["capabilities"] == {"drops": ["ALL"]}, f"{dcgm.urn}: no capability is added back"
+    env = dict(str(e).split("=", 1) for e in inputs["envs"])
+    counters = config_file(dcgm, "dcgm-counters.csv")
+    assert env["DCGM_EXPORTER_COLLECTORS"] == "/etc/cluster-ai/dcgm-counters.csv", dcgm.urn
+    fields = {line.split(",")[0] for line in counters.splitlines()}
+    assert not any(f.startswith("DCGM_FI_PROF_") for f in fields), f"{dcgm.urn}: a profiling field needs SYS_ADMIN"
+    # Every DCGM series a rule or a dashboard reads is collected.
+    used = set(re.findall(r"DCGM_FI_[A-Z_]+", yaml.safe_dump(alert_rules_of(ev))))
+    for dashboard in DASHBOARDS.glob("*.json"):
+        used |= set(re.findall(r"DCGM_FI_[A-Z_]+", dashboard.read_text()))
+    assert used and used <= fields, f"{dcgm.urn}: {sorted(used - fields)} are used but not collected"
     assert inputs["gpus"] == "all" and inputs["privileged"] is False, dcgm.urn
     assert not inputs.get("ports"), f"{dcgm.urn} publishes a port"
 
@@ -223,6 +246,7 @@ def _binds(c: Resource) -> list[dict[str, Any]]:
 def test_host_level_exporters_get_only_their_named_exceptions(dev: Evaluation) -> None:
     allowed_binds = {
         "node-exporter": {("/", "/host")},
+        "backup-metrics": set(),
         "cadvisor": {("/sys", "/sys")},
         "alloy": {("/var/lib/docker/containers", "/var/lib/docker/containers")},
     }
@@ -241,12 +265,30 @@ def test_host_level_exporters_get_only_their_named_exceptions(dev: Evaluation) -
             assert inputs["capabilities"] == {"drops": ["ALL"]}, c.urn
 
 
+def test_node_exporter_runs_as_nobody_with_the_hosts_sockets_masked(dev: Evaluation) -> None:
+    node = named(dev, "exporters-local-node-exporter")
+    inputs = node.plain_inputs()
+    assert inputs["user"] == "65534:65534", f"{node.urn}: nobody, not {inputs['user']}"
+    assert not inputs.get("groupAdds"), f"{node.urn}: no supplementary group"
+    tmpfs = inputs["tmpfs"]
+    for masked in ("/host/run", "/host/var/run"):
+        assert tmpfs.get(masked, "").startswith("ro,"), f"{node.urn}: {masked} is not masked by a read-only tmpfs"
+    command = inputs["command"]
+    assert any(c.startswith("--collector.filesystem.mount-points-exclude=^/(dev|proc|run|") for c in command), node.urn
+
+
 def test_host_path_refuses_the_docker_socket_and_its_directory() -> None:
     for source in ("/var/run/docker.sock", "/var/run", "/run", "/run/containerd/containerd.sock", "/x/y.sock"):
         with pytest.raises(ValueError, match="socket"):
             HostPath(source, "/host")
     with pytest.raises(ValueError, match="propagation"):
-        HostPath("/", "/host", propagation="rshared")
+        HostPath("/", "/host", propagation="rshared", masks=("/run", "/var/run"))
+    # A parent of the socket directories must mask each of them.
+    for source, masks in (("/", ()), ("/", ("/run",)), ("/var", ())):
+        with pytest.raises(ValueError, match="mask"):
+            HostPath(source, "/host", masks=masks)
+    with pytest.raises(ValueError, match="not below"):
+        HostPath("/var/lib", "/host", masks=("/run",))
 
 
 # -- data and secrets ------------------------------------------------------------------------
@@ -487,16 +529,23 @@ def test_backup_rules_follow_the_backup_interval(stack_with: Callable[..., Evalu
     assert not node.plain_inputs().get("entrypoints"), "no backup: no textfile writer"
 
 
-def test_the_heads_node_exporter_reads_the_backup_volume_read_only(dev: Evaluation) -> None:
+def test_the_backups_age_reaches_the_node_exporter_through_a_sidecar_of_the_backups_uid(dev: Evaluation) -> None:
     node = named(dev, "exporters-local-node-exporter")
+    sidecar = named(dev, "exporters-local-backup-metrics")
     backup = named(dev, "postgres-backup")
     backup_volume = next(
         m["source"] for m in backup.plain_inputs()["mounts"] if m["target"] == "/var/lib/postgresql/data"
     )
+    side = {m["target"]: m for m in sidecar.plain_inputs()["mounts"] if m["type"] == "volume"}
+    assert side["/backup"]["source"] == backup_volume and side["/backup"]["readOnly"] is True, sidecar.urn
+    # The dump's last-success file is 0600, the backup service's own: the sidecar reads it as that uid.
+    assert sidecar.plain_inputs()["user"] == backup.plain_inputs()["user"], sidecar.urn
     mounts = {m["target"]: m for m in node.plain_inputs()["mounts"] if m["type"] == "volume"}
-    assert mounts["/backup"]["source"] == backup_volume and mounts["/backup"]["readOnly"] is True, node.urn
-    # The dump's last-success file is 0600, the backup service's own: the exporter reads it as that uid.
-    assert node.plain_inputs()["user"] == backup.plain_inputs()["user"], node.urn
+    assert "/backup" not in mounts, f"{node.urn} must not see the dumps"
+    assert mounts["/textfile"]["source"] == side["/textfile"]["source"], "the two share the textfile volume"
+    assert mounts["/textfile"]["readOnly"] is True and not side["/textfile"].get("readOnly"), node.urn
+    volume = next(v for v in dev.by_type("docker:index/volume:Volume") if v.name == "exporters-local-textfile")
+    assert volume.plain_inputs()["driverOpts"]["type"] == "tmpfs", volume.urn
 
 
 def test_probes_cover_webui_ollama_the_dashboard_grafana_the_edges_and_the_proxy() -> None:

@@ -179,11 +179,50 @@ def test_certificates_name_their_hosts_and_carry_the_right_usages() -> None:
         "server_auth",
     }
     assert "client_auth" in certs["cluster-ca-egress-cert"]["allowedUses"]
-    assert {"server_auth", "client_auth"} <= set(certs["cluster-ca-dask-gpu2-cert"]["allowedUses"])
+    assert {"server_auth", "client_auth"} <= set(certs["dask-ca-dask-gpu2-cert"]["allowedUses"])
     assert csrs["cluster-ca-edge-gpu1-csr"]["ipAddresses"] == ["192.0.2.11"]
-    assert "scheduler" in csrs["cluster-ca-dask-scheduler-csr"]["dnsNames"]
-    ca = ev.named("cluster-ca-cert").plain_inputs()
-    assert ca["isCaCertificate"] is True and "cert_signing" in ca["allowedUses"]
+    assert "scheduler" in csrs["dask-ca-dask-scheduler-csr"]["dnsNames"]
+    for name in ("cluster-ca-cert", "dask-ca-cert"):
+        ca = ev.named(name).plain_inputs()
+        assert ca["isCaCertificate"] is True and "cert_signing" in ca["allowedUses"], name
+
+
+def test_dask_certificates_come_from_dask_ca_and_nothing_else_does() -> None:
+    ev = prod(2)
+    cas = {c.outputs["certPem"]: c.name for c in ev.by_type("tls:index/selfSignedCert:SelfSignedCert")}
+    for cert in ev.by_type("tls:index/locallySignedCert:LocallySignedCert"):
+        issuer = cas[cert.plain_inputs()["caCertPem"]]
+        dask = cert.name.startswith(("dask-ca-dask-", "dask-ca-operator-"))
+        assert issuer == ("dask-ca-cert" if dask else "cluster-ca-cert"), f"{cert.urn} is signed by {issuer}"
+    for c in ev.by_type(CONTAINER):
+        service = labels_of(c)["cluster-ai.service"]
+        if service not in ("dask-scheduler", "dask-worker"):
+            continue
+        uploads = {u["file"]: u["content"] for u in c.plain_inputs()["uploads"]}
+        assert uploads["/run/secrets/ca.pem"] == ev.named("dask-ca-cert").outputs["certPem"], (
+            f"{c.urn} must trust only Dask's CA"
+        )
+
+
+def test_client_certificates_carry_their_role_as_subject_ou() -> None:
+    ev = prod(2)
+    subjects = {c.name: c.plain_inputs()["subject"] for c in ev.by_type("tls:index/certRequest:CertRequest")}
+    expected = {
+        "cluster-ca-egress-csr": ("head-egress", "egress"),
+        "cluster-ca-prometheus-csr": ("head-prometheus", "prometheus"),
+        "cluster-ca-blackbox-csr": ("head-blackbox", "blackbox"),
+        "cluster-ca-alloy-gpu1-csr": ("gpu1-alloy", "alloy"),
+        "dask-ca-operator-csr": ("operator", "operator"),
+    }
+    for name, (common_name, role) in expected.items():
+        assert subjects[name] == {
+            "commonName": common_name,
+            "organization": "cluster-ai",
+            "organizationalUnit": role,
+        }, name
+    # Host certificates carry no role: no host name can pose as a client role.
+    assert "organizationalUnit" not in subjects["dask-ca-dask-gpu1-csr"]
+    assert "organizationalUnit" not in subjects["cluster-ca-edge-gpu1-csr"]
 
 
 def test_data_volumes_are_protected_and_retained() -> None:
@@ -217,15 +256,17 @@ def test_every_host_is_bootstrapped_before_services_land_on_it() -> None:
     assert "nvidia" not in bootstraps["head"].plain_inputs()["stdin"]
 
 
-def test_model_sync_runs_on_each_gpu_node_over_ssh() -> None:
+def test_model_sync_runs_on_each_gpu_node_through_its_docker_provider() -> None:
     ev = prod(2)
     for i in (1, 2):
         sync = ev.named(f"ollama-gpu{i}-model-sync")
-        assert sync.type == REMOTE_COMMAND
-        assert sync.inputs["connection"].value["host"] == f"192.0.2.{10 + i}"
-        argv = shlex.split(sync.plain_inputs()["create"])
+        ollama = next(r for r in ev.by_type(CONTAINER) if r.name == f"ollama-gpu{i}")
+        assert sync.type == CONTAINER, sync.urn
+        assert sync.provider_urn == ollama.provider_urn, f"{sync.urn} must run on gpu{i}, where its Ollama is"
+        assert (sync.provider_urn or "").endswith(f"::gpu{i}-docker"), f"{sync.urn}: {sync.provider_urn}"
+        argv = sync.plain_inputs()["command"]
         pins = json.loads(argv[argv.index("--pins") + 1])
-        assert all(p["digest"] for p in pins), "prod pins every model by digest"
+        assert all(p["digest"] for p in pins), f"{sync.urn}: prod pins every model by digest"
 
 
 def test_removing_a_gpu_node_drains_it_first() -> None:
@@ -255,3 +296,50 @@ def test_egress_caddyfile_names_each_upstream_for_tls() -> None:
 
     text = egress_caddyfile([Upstream("gpu1", "192.0.2.11", 8443)])
     assert ":11500 {" in text and "tls_server_name gpu1" in text and "rewrite * /ollama{uri}" in text
+
+
+def edge_routes_of(caddyfile: str) -> dict[str, list[str]]:
+    """Route prefix -> the lines of its block, for each top-level route of an edge's site."""
+    routes: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in caddyfile.splitlines():
+        if line.startswith(("\thandle_path ", "\thandle ")):
+            current = routes.setdefault(line.split()[1].removesuffix("*"), [])
+        elif line == "\t}":
+            current = None
+        elif current is not None:
+            current.append(line.strip())
+    return routes
+
+
+def granted_subjects(block: list[str]) -> set[str]:
+    return {
+        s for line in block if line.startswith("vars {http.request.tls.client.subject}") for s in shlex.split(line)[2:]
+    }
+
+
+def test_every_edge_route_names_its_only_clients() -> None:
+    ev = prod(2)
+    egress, prometheus = "CN=head-egress,OU=egress,O=cluster-ai", "CN=head-prometheus,OU=prometheus,O=cluster-ai"
+    blackbox = "CN=head-blackbox,OU=blackbox,O=cluster-ai"
+    shippers = {f"CN=gpu{i}-alloy,OU=alloy,O=cluster-ai" for i in (1, 2)}
+    for edge in (c for c in ev.by_type(CONTAINER) if labels_of(c)["cluster-ai.service"] == "edge"):
+        caddyfile = next(u["content"] for u in edge.plain_inputs()["uploads"] if u["file"].endswith("Caddyfile"))
+        routes = edge_routes_of(caddyfile)
+        assert routes, f"{edge.urn}: no routes"
+        for prefix, block in routes.items():
+            assert 'respond "forbidden for this client certificate" 403' in block, f"{edge.urn} {prefix}: no 403"
+            subjects = granted_subjects(block)
+            if prefix == "/ollama":
+                assert subjects == {egress, blackbox}, f"{edge.urn} {prefix}: {subjects}"
+                # The prober reads the version only; inference is the egress's alone.
+                assert "vars {http.request.tls.client.subject} " + f'"{blackbox}"' in block, edge.urn
+                assert "path /api/version" in block, edge.urn
+                assert not any(
+                    p in " ".join(block) for p in ("/api/pull", "/api/delete", "/api/create", "/api/blobs")
+                ), f"{edge.urn}: Ollama's management API is granted"
+            elif prefix.startswith("/metrics/"):
+                assert subjects == {prometheus}, f"{edge.urn} {prefix}: {subjects}"
+            else:
+                assert prefix == "/loki/api/v1/push" and subjects == shippers, f"{edge.urn} {prefix}: {subjects}"
+                assert "method POST" in block, edge.urn

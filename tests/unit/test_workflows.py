@@ -166,3 +166,159 @@ def test_the_weekly_lock_opens_a_pull_request_with_the_bumped_pins() -> None:
     assert ".venv/bin/python -m stacks lock dev --update" in runs
     assert ".venv/bin/python -m stacks lock prod --update" in runs
     assert any(str(s.get("uses", "")).startswith("peter-evans/create-pull-request@") for s in job["steps"])
+
+
+# -- linted as GitHub reads them ---------------------------------------------------------
+
+EXPRESSION = re.compile(r"\$\{\{(.*?)\}\}", re.S)
+
+
+def actionlint() -> str | None:
+    """The actionlint the toolchain builds from Go modules (ci/versions.env: ACTIONLINT_VERSION).
+
+    Looked for as $ACTIONLINT, then on PATH, then in the toolchain cache
+    (${CLUSTER_AI_CACHE:-/var/cache/cluster-ai}/toolchain/*/bin). The PyPI wrapper
+    downloads a release at install time, which this machine cannot reach.
+    """
+    import os
+    import shutil
+
+    given = os.environ.get("ACTIONLINT")
+    if given:
+        return given
+    found = shutil.which("actionlint")
+    if found:
+        return found
+    cache = Path(os.environ.get("CLUSTER_AI_CACHE") or "/var/cache/cluster-ai") / "toolchain"
+    built = sorted(cache.glob("*/bin/actionlint"), key=lambda p: p.stat().st_mtime)
+    return str(built[-1]) if built else None
+
+
+def test_actionlint_passes_on_every_workflow() -> None:
+    """The real actionlint: expressions, contexts per key, action inputs it knows, shellcheck-free
+    syntax checks of `run:` scripts, cron syntax, job dependencies."""
+    import os
+
+    binary = actionlint()
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("actionlint is not built: CI must build the toolchain (ci/versions.env) before the tests")
+        pytest.skip("actionlint not found: `make toolchain` builds it (or set ACTIONLINT=/path/to/actionlint)")
+    version = subprocess.run([binary, "-version"], capture_output=True, text=True, timeout=30, check=False)
+    assert version.returncode == 0, version.stderr
+    result = subprocess.run(
+        [binary, "-no-color", "-shellcheck=", "-pyflakes=", *[str(p) for p in WORKFLOWS]],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, f"actionlint {version.stdout.splitlines()[0]}:\n{result.stdout}{result.stderr}"
+
+
+def test_actionlint_is_able_to_fail(tmp_path: Path) -> None:
+    """The same binary and flags refuse a workflow with an undefined context and a bad input."""
+    binary = actionlint()
+    if binary is None:
+        pytest.skip("actionlint not found (see test_actionlint_passes_on_every_workflow)")
+    bad = tmp_path / ".github" / "workflows" / "bad.yml"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("on: push\njobs:\n  a:\n    runs-on: ubuntu-24.04\n    steps:\n      - run: echo ${{ secret.X }}\n")
+    result = subprocess.run(
+        [binary, "-no-color", "-shellcheck=", "-pyflakes=", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1 and "undefined variable" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_secrets_reach_scripts_only_through_env(path: Path) -> None:
+    """`${{ secrets.X }}` inside `run:` pastes the value into the script; `env:` passes it safely."""
+    for job_id, _, step in steps(load(path)):
+        script = str(step.get("run", ""))
+        pasted = [e.strip() for e in EXPRESSION.findall(script) if "secrets." in e or "secrets[" in e]
+        assert pasted == [], f"{path.name}:{job_id}: step {step.get('name', script[:40])!r} pastes {pasted} into run:"
+        for key, value in (step.get("with") or {}).items():
+            if key == "script":  # actions/github-script evaluates it as JavaScript: same rule
+                assert "secrets." not in str(value), f"{path.name}:{job_id}: secret pasted into a script"
+
+
+def test_the_secret_rule_catches_a_pasted_secret() -> None:
+    step = {"run": 'printf "%s" "${{ secrets.CLUSTER_SSH_KEY }}" > key'}
+    assert [e.strip() for e in EXPRESSION.findall(step["run"]) if "secrets." in e] == ["secrets.CLUSTER_SSH_KEY"]
+
+
+# The inputs each pinned action declares in its action.yml at the pinned commit
+# (pulumi/actions v7.0.0 = 8e5e406f, actions/upload-artifact v4.6.2 = ea165f8d).
+ACTION_INPUTS = {
+    "pulumi/actions@8e5e406f4007fca908480587cb9893c07090f58d": {
+        "always-include-summary",
+        "cloud-url",
+        "color",
+        "command",
+        "comment-on-pr",
+        "comment-on-pr-number",
+        "comment-on-summary",
+        "config-map",
+        "continue-on-error",
+        "debug",
+        "diff",
+        "edit-pr-comment",
+        "exclude",
+        "exclude-dependents",
+        "exclude-protected",
+        "expect-no-changes",
+        "github-token",
+        "log-flow",
+        "log-verbosity",
+        "message",
+        "parallel",
+        "plan",
+        "policyPackConfigs",
+        "policyPacks",
+        "pulumi-version",
+        "pulumi-version-file",
+        "refresh",
+        "remove",
+        "replace",
+        "secrets-provider",
+        "stack-name",
+        "suppress-outputs",
+        "suppress-progress",
+        "target",
+        "target-dependents",
+        "upsert",
+        "work-dir",
+    },
+    "actions/upload-artifact@ea165f8d65b6e75b540449e92b4886f43607fa02": {
+        "compression-level",
+        "if-no-files-found",
+        "include-hidden-files",
+        "name",
+        "overwrite",
+        "path",
+        "retention-days",
+    },
+}
+# pulumi/actions v7's README: `command` is up (alias update), refresh, destroy, preview or output;
+# without it the action only installs the CLI; with it, `stack-name` is required.
+PULUMI_COMMANDS = {"up", "update", "refresh", "destroy", "preview", "output"}
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_action_inputs_are_ones_the_pinned_version_declares(path: Path) -> None:
+    for job_id, _, step in steps(load(path)):
+        action = str(step.get("uses", ""))
+        given = set(step.get("with") or {})
+        if action.split("@")[0] in {a.split("@")[0] for a in ACTION_INPUTS}:
+            assert action in ACTION_INPUTS, f"{path.name}:{job_id}: {action} is not a version whose inputs we checked"
+            unknown = sorted(given - ACTION_INPUTS[action])
+            assert unknown == [], f"{path.name}:{job_id}: {action} has no input(s) {unknown}"
+        if action.startswith("pulumi/actions@") and "command" in given:
+            inputs = step["with"]
+            assert inputs["command"] in PULUMI_COMMANDS, f"{path.name}:{job_id}: command {inputs['command']!r}"
+            assert inputs.get("stack-name"), f"{path.name}:{job_id}: a pulumi/actions command needs stack-name"
