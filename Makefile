@@ -11,7 +11,7 @@ STATE_DIR := $(CURDIR)/.pulumi-state
 PASSPHRASE_FILE := $(STATE_DIR)/passphrase
 PULUMI_ENV := PULUMI_BACKEND_URL=file://$(STATE_DIR) PULUMI_CONFIG_PASSPHRASE_FILE=$(PASSPHRASE_FILE) PULUMI_SKIP_UPDATE_CHECK=true
 
-.PHONY: up preview destroy check-tools stack-ready test test-unit plan lint bench deps env clean-venv policies-doc policies drift status lock images toolchain
+.PHONY: up preview destroy check-tools stack-ready test test-unit plan lint bench deps env clean-venv policies-doc policies drift status lock mutation images toolchain
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) >&2
@@ -54,14 +54,28 @@ stack-ready: check-tools deps $(PASSPHRASE_FILE)
 	@$(PULUMI_ENV) pulumi login file://$(STATE_DIR) >/dev/null
 	@$(PULUMI_ENV) pulumi stack select $(STACK) 2>/dev/null || $(PULUMI_ENV) pulumi stack init $(STACK) >&2
 
+# make itself always exits 2 when a recipe fails, whatever the command's code was:
+# `exit_code` prints the command's own code and what it means (the Pulumi CLI's
+# codes: 5 is a mandatory policy violated), so CI logs and users see the real one.
+define exit_code
+code=$$?; if [ $$code -ne 0 ]; then \
+  case $$code in 2) why="config error";; 4) why="a resource failed";; 5) why="a mandatory policy is violated";; \
+    6) why="no such stack";; 7) why="changes found";; 127) why="command not found";; *) why="failed";; esac; \
+  echo "make $@: the command exited $$code ($$why); make itself exits 2" >&2; exit $$code; fi
+endef
+
+# up and preview apply the policy pack in policies/, as `python -m stacks up` does:
+# a mandatory violation stops the update before anything changes.
 up: stack-ready
-	$(PULUMI_ENV) pulumi up --stack $(STACK) $(ARGS)
+	@$(PULUMI_ENV) pulumi up --stack $(STACK) --policy-pack policies $(ARGS); $(exit_code)
 
 preview: stack-ready
-	$(PULUMI_ENV) pulumi preview --stack $(STACK) $(ARGS)
+	@$(PULUMI_ENV) pulumi preview --stack $(STACK) --policy-pack policies $(ARGS); $(exit_code)
 
+# Through `python -m stacks destroy`: it asks for the stack's name (ARGS=--yes=STACK in
+# scripts) and writes the audit log.
 destroy: stack-ready
-	$(PULUMI_ENV) pulumi destroy --stack $(STACK) $(ARGS)
+	@$(PULUMI_ENV) $(BIN)/python -m stacks destroy $(STACK) $(ARGS)
 
 test: deps
 	$(BIN)/python -m pytest -n auto $(ARGS)
@@ -85,7 +99,7 @@ lock: deps
 
 # Every policy's verdict on a stack, offline (exit 5 when a mandatory one is violated).
 policies: deps
-	@$(BIN)/python -m stacks plan $(STACK) --policies $(ARGS)
+	@$(BIN)/python -m stacks plan $(STACK) --policies $(ARGS); $(exit_code)
 
 # docs/policies.md, generated from policies/ (a test keeps it in sync).
 policies-doc: deps
@@ -99,13 +113,18 @@ bench: deps
 
 # Images the e2e stack (Pulumi.e2e.yaml) runs, built here and pushed to the local
 # registry on 127.0.0.1:5000; a second run skips what is unchanged (docs/images.md).
-images:
+images: deps
 	bash ci/images.sh
 
 # The Pulumi CLI, Python language host and random/tls/docker plugins built from Go
 # modules, cached outside the clone (docs/engine.md); prints the env file to source.
 toolchain:
 	bash ci/toolchain.sh
+
+# A mutation run (mutmut) over the modules issue 14 names, on a scratch copy of the
+# checkout; prints the score. Not part of CI: hours on 2 cores (docs/testing.md).
+mutation: deps
+	bash ci/mutation.sh
 
 lint: deps
 	$(BIN)/ruff check .

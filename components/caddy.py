@@ -6,8 +6,9 @@
 - `TlsEdge` (each remote worker host): Ollama has no auth of its own and the
   exporters none either, so they are reachable from other hosts only through
   this edge, which demands a client certificate from the internal CA.
-- `Egress` (head): Open WebUI speaks plain HTTP to it on the private network;
-  it carries each request to a host's edge with the head's client certificate.
+- `Egress` (head): Open WebUI speaks plain HTTP to it on an internal network
+  the two share with nothing but a local Ollama; it carries each request to a
+  host's edge with the head's client certificate, over a network of its own.
 
 The Caddyfiles are built by plain functions so tests run them through the real
 `caddy validate` and a real Caddy.
@@ -324,6 +325,9 @@ class EgressArgs(TypedDict):
 
     image: str
     network: pulumi.Input[str]
+    """Where its clients (Open WebUI) reach it, by its alias."""
+    outbound_network: NotRequired[pulumi.Input[str]]
+    """A network with a route to other hosts, joined without an alias (nobody dials the egress there)."""
     upstreams: Sequence[Upstream]
     tls_files: dict[str, pulumi.Output[str]]
     """The head's client certificate."""
@@ -349,6 +353,7 @@ class Egress(pulumi.ComponentResource):
             args=args,
             publish=[],
             opts=child_options(self, opts),
+            extra_networks=[args["outbound_network"]] if "outbound_network" in args else [],
         )
         self.urls = [f"http://{EGRESS_ALIAS}:{EGRESS_BASE_PORT + i}" for i in range(len(args["upstreams"]))]
         self.register_outputs({"urls": self.urls})
@@ -359,6 +364,7 @@ class PublicProxyArgs(TypedDict):
 
     image: str
     network: pulumi.Input[str]
+    """The public network: the proxy's alias, and the upstreams users reach (Open WebUI, Grafana)."""
     domain: str
     listen_address: str
     routes: Sequence[Route]
@@ -374,6 +380,8 @@ class PublicProxyArgs(TypedDict):
     """The site certificate from the internal CA (internal mode)."""
     basic_auth_hash: NotRequired[pulumi.Output[str]]
     """bcrypt hash for routes with basic auth."""
+    upstream_networks: NotRequired[Sequence[pulumi.Input[str]]]
+    """Further networks it joins, without an alias, to reach upstreams kept off the public one (the Dask dashboard)."""
 
 
 class PublicProxy(pulumi.ComponentResource):
@@ -402,7 +410,10 @@ class PublicProxy(pulumi.ComponentResource):
             ServiceContainer(
                 service="proxy",
                 image=args["image"],
-                networks=[NetworkAttachment(args["network"], aliases=["proxy"])],
+                networks=[
+                    NetworkAttachment(args["network"], aliases=["proxy"]),
+                    *(NetworkAttachment(net) for net in args.get("upstream_networks", ())),
+                ],
                 command=CADDY_RUN,
                 secret_files={**args.get("tls_files", {}), "Caddyfile": pulumi.Output.secret(caddyfile)},
                 mounts=[Mount(volume=state.name, target="/data")],
@@ -434,6 +445,7 @@ def _internal_caddy(
     args: TlsEdgeArgs | EgressArgs,
     publish: list[Publish],
     opts: pulumi.ResourceOptions,
+    extra_networks: Sequence[pulumi.Input[str]] = (),
 ) -> docker.Container:
     """A stateless Caddy of the cluster's own (edge or egress): non-root, state on tmpfs,
     its Caddyfile and certificates as secret files."""
@@ -442,7 +454,10 @@ def _internal_caddy(
         ServiceContainer(
             service=service,
             image=args["image"],
-            networks=[NetworkAttachment(args["network"], aliases=[alias])],
+            networks=[
+                NetworkAttachment(args["network"], aliases=[alias]),
+                *(NetworkAttachment(net) for net in extra_networks),
+            ],
             command=CADDY_RUN,
             secret_files={**args["tls_files"], "Caddyfile": pulumi.Output.from_input(caddyfile)},
             tmpfs=_caddy_tmpfs(),

@@ -172,6 +172,8 @@ class DaskSchedulerArgs(TypedDict):
     tls_files: NotRequired[dict[str, pulumi.Output[str]]]
     """`tls.key`, `tls.crt`, `ca.pem`: run on `tls://` with mutual TLS."""
     dashboard_prefix: NotRequired[str]
+    dashboard_network: NotRequired[pulumi.Input[str]]
+    """The network the public proxy reaches the dashboard on (the scheduler's alias there too)."""
 
 
 class DaskScheduler(pulumi.ComponentResource):
@@ -203,7 +205,10 @@ class DaskScheduler(pulumi.ComponentResource):
             ServiceContainer(
                 service="dask-scheduler",
                 image=args["image"],
-                networks=[NetworkAttachment(args["network"], aliases=[SCHEDULER_ALIAS])],
+                networks=[
+                    NetworkAttachment(net, aliases=[SCHEDULER_ALIAS])
+                    for net in [args["network"], *([args["dashboard_network"]] if "dashboard_network" in args else [])]
+                ],
                 command=scheduler_command(port, dashboard, tls=self.tls, dashboard_prefix=prefix),
                 env=DASK_ENV,
                 secret_files=dict(args.get("tls_files", {})),

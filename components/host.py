@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import NotRequired, TypedDict
 
 import pulumi
@@ -11,7 +12,7 @@ import pulumi_docker as docker
 from components.addresses import ssh_address, url_host
 from components.bootstrap import HostBootstrap, HostBootstrapArgs
 
-__all__ = ["DockerHost", "DockerHostArgs", "known_hosts_line", "ssh_options", "url_host"]
+__all__ = ["HOST_NETWORK", "NETWORK_PURPOSES", "DockerHost", "DockerHostArgs", "known_hosts_line", "ssh_options", "url_host"]
 
 
 # What may reach ssh's KnownHostsCommand: ssh splits it on spaces and expands `%`
@@ -49,6 +50,28 @@ def ssh_options(address: str, port: int, host_key: str, private_key_path: str) -
     ]  # fmt: skip
 
 
+# A host's networks besides its own, by purpose (the Docker name gets `-<purpose>`,
+# the network the label `cluster-ai.network=<purpose>`), and whether each is
+# internal (no route out of the host). Who joins which: docs/architecture.md.
+NETWORK_PURPOSES: dict[str, bool] = {
+    # The internet-facing side: the proxy, Open WebUI, Grafana (and the prober
+    # that checks them). Not internal: published ports and ACME need a route.
+    "public": False,
+    # PostgreSQL and Redis, and only what logs in to them.
+    "data": True,
+    # Open WebUI to its model servers: the egress and a local Ollama.
+    "inference": True,
+    # Grafana to Prometheus, Loki and Alertmanager.
+    "observe": True,
+    # The proxy to the Dask dashboard.
+    "dashboard": True,
+    # The egress's own route to other hosts' edges: nothing else joins it.
+    "egress": False,
+}
+HOST_NETWORK = "host"
+"""The `cluster-ai.network` label of a host's own private network."""
+
+
 class DockerHostArgs(TypedDict):
     """How to reach a host's Docker engine, and what to label its resources with."""
 
@@ -58,6 +81,8 @@ class DockerHostArgs(TypedDict):
     """Labels every network on the host carries (stack, project)."""
     data_network: NotRequired[bool]
     """Also create an internal network (no route out) for the data services."""
+    networks: NotRequired[Sequence[str]]
+    """Further networks to create, by purpose (keys of `NETWORK_PURPOSES`)."""
     ssh_opts: NotRequired[list[str]]
     """For an `ssh://` endpoint: the `ssh` client options, host key pinned (see `ssh_options`)."""
     bootstrap: NotRequired[HostBootstrapArgs]
@@ -77,6 +102,8 @@ class DockerHost(pulumi.ComponentResource):
     """The host's private network: services and their DNS aliases live here."""
     data_network: docker.Network | None
     """An internal network without egress for PostgreSQL and Redis (head only)."""
+    networks: dict[str, docker.Network]
+    """Every network of the host but its own, by purpose (`data`, `public`, ...)."""
     bootstrap: HostBootstrap | None
     """The remote host's checks and firewall; services on the host wait for it."""
 
@@ -92,26 +119,50 @@ class DockerHost(pulumi.ComponentResource):
         if "bootstrap" in args:
             self.bootstrap = HostBootstrap(f"{name}-bootstrap", args["bootstrap"], pulumi.ResourceOptions(parent=self))
         child = pulumi.ResourceOptions(parent=self, provider=self.provider)
-        labels = [docker.NetworkLabelArgs(label=k, value=v) for k, v in sorted(args["labels"].items())]
         # Names fixed from the stack and host (not auto-named): they are known at
         # preview, so commands that name the network (the model sync) are too.
         stack = args["labels"].get("cluster-ai.stack", "stack")
-        self.network = docker.Network(
-            f"{name}-net",
-            name=f"cluster-ai-{stack}-{name}",
-            driver="bridge",
-            labels=labels,
-            opts=child,
-        )
-        self.data_network = None
-        if args.get("data_network", False):
-            self.data_network = docker.Network(
-                f"{name}-data",
-                name=f"cluster-ai-{stack}-{name}-data",
-                driver="bridge",
-                # Databases need no route out of the host: nothing can leave from here.
-                internal=True,
-                labels=labels,
-                opts=child,
+        self.network = _network(f"{name}-net", f"cluster-ai-{stack}-{name}", HOST_NETWORK, args["labels"], child)
+        purposes = list(args.get("networks", ()))
+        if args.get("data_network", False) and "data" not in purposes:
+            purposes.insert(0, "data")
+        unknown = sorted(set(purposes) - set(NETWORK_PURPOSES))
+        if unknown:
+            raise ValueError(f"{name}: networks {unknown} are none of {sorted(NETWORK_PURPOSES)}")
+        self.networks = {
+            purpose: _network(
+                f"{name}-{purpose}",
+                f"cluster-ai-{stack}-{name}-{purpose}",
+                purpose,
+                args["labels"],
+                child,
+                internal=NETWORK_PURPOSES[purpose],
             )
-        self.register_outputs({"network": self.network.name})
+            for purpose in purposes
+        }
+        self.data_network = self.networks.get("data")
+        self.register_outputs(
+            {"network": self.network.name, "networks": {p: n.name for p, n in self.networks.items()}}
+        )
+
+
+def _network(
+    resource_name: str,
+    docker_name: str,
+    purpose: str,
+    labels: dict[str, str],
+    opts: pulumi.ResourceOptions,
+    *,
+    internal: bool = False,
+) -> docker.Network:
+    """A bridge network labelled with its purpose (the policy pack finds the public one by it)."""
+    tagged = {**labels, "cluster-ai.network": purpose}
+    return docker.Network(
+        resource_name,
+        name=docker_name,
+        driver="bridge",
+        # An internal network has no route out of the host: nothing can leave from it.
+        internal=internal,
+        labels=[docker.NetworkLabelArgs(label=k, value=v) for k, v in sorted(tagged.items())],
+        opts=opts,
+    )

@@ -312,6 +312,11 @@ class MonitoringStackArgs(TypedDict):
     """The head's private network: every head service and exporter is on it."""
     data_network: pulumi.Input[str]
     """PostgreSQL's and Redis's internal network, for their exporters."""
+    observe_network: NotRequired[pulumi.Input[str]]
+    """Grafana's internal network to Prometheus, Loki and Alertmanager; with `public_network`,
+    Grafana leaves the head's private network for these two."""
+    public_network: NotRequired[pulumi.Input[str]]
+    """Where the proxy reaches Grafana and the blackbox prober reaches what users do."""
     labels: dict[str, str]
     protect: bool
     """Protect the data volumes and keep them on delete (prod)."""
@@ -370,6 +375,11 @@ class MonitoringStack(pulumi.ComponentResource):
         child = child_options(self, opts)
         net, labels, protect = args["network"], args["labels"], args["protect"]
         tls_files = dict(args.get("tls_files", {}))
+        observe, public = args.get("observe_network"), args.get("public_network")
+
+        def read_by_grafana(alias: str) -> list[NetworkAttachment]:
+            """The private network (Prometheus's targets, log pushes), and Grafana's, under one alias."""
+            return [NetworkAttachment(n, aliases=[alias]) for n in (net, observe) if n is not None]
 
         prometheus = args["prometheus"]
         prometheus_data = data_volume(
@@ -380,7 +390,7 @@ class MonitoringStack(pulumi.ComponentResource):
             ServiceContainer(
                 service="prometheus",
                 image=prometheus["image"],
-                networks=[NetworkAttachment(net, aliases=["prometheus"])],
+                networks=read_by_grafana("prometheus"),
                 command=[
                     f"--config.file={CONFIG_DIR}/prometheus.yml",
                     "--storage.tsdb.path=/prometheus",
@@ -416,7 +426,7 @@ class MonitoringStack(pulumi.ComponentResource):
             ServiceContainer(
                 service="alertmanager",
                 image=alertmanager["image"],
-                networks=[NetworkAttachment(net, aliases=["alertmanager"])],
+                networks=read_by_grafana("alertmanager"),
                 command=[
                     f"--config.file={CONFIG_DIR}/alertmanager.yml",
                     "--storage.path=/alertmanager",
@@ -446,7 +456,7 @@ class MonitoringStack(pulumi.ComponentResource):
             ServiceContainer(
                 service="loki",
                 image=loki["image"],
-                networks=[NetworkAttachment(net, aliases=["loki"])],
+                networks=read_by_grafana("loki"),
                 command=[f"-config.file={CONFIG_DIR}/loki.yaml"],
                 config_files={"loki.yaml": _yaml(args["loki_config"])},
                 mounts=[Mount(volume=loki_data.name, target=LOKI_DIR)],
@@ -470,7 +480,9 @@ class MonitoringStack(pulumi.ComponentResource):
             ServiceContainer(
                 service="blackbox-exporter",
                 image=blackbox["image"],
-                networks=[NetworkAttachment(net, aliases=["blackbox-exporter"])],
+                # Probes what users reach (Open WebUI, Grafana, the proxy) where they reach it.
+                networks=[NetworkAttachment(net, aliases=["blackbox-exporter"])]
+                + ([NetworkAttachment(public)] if public is not None else []),
                 command=[f"--config.file={CONFIG_DIR}/blackbox.yml", f"--web.listen-address=:{BLACKBOX_PORT}"],
                 config_files={"blackbox.yml": _yaml(args["blackbox_config"])},
                 secret_files=blackbox_secrets,
@@ -550,7 +562,13 @@ class MonitoringStack(pulumi.ComponentResource):
             ServiceContainer(
                 service="grafana",
                 image=grafana["image"],
-                networks=[NetworkAttachment(net, aliases=["grafana"])],
+                # Off the private network: the proxy reaches it on the public one, and it
+                # reaches Prometheus, Loki and Alertmanager (nothing else) on its own.
+                networks=(
+                    [NetworkAttachment(public, aliases=["grafana"]), NetworkAttachment(observe)]
+                    if public is not None and observe is not None
+                    else [NetworkAttachment(net, aliases=["grafana"])]
+                ),
                 env={
                     **grafana_env(
                         root_url=args["grafana_root_url"],

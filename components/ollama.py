@@ -56,6 +56,8 @@ class OllamaArgs(TypedDict):
     port: NotRequired[int]
     gpus: NotRequired[str]
     """`all` or `device=0,1` for a GPU host."""
+    client_networks: NotRequired[Sequence[pulumi.Input[str]]]
+    """Further networks the API answers on under its alias (Open WebUI's, on the head)."""
 
 
 def sync_arguments(models: Sequence[ModelPinArgs]) -> list[str]:
@@ -117,7 +119,10 @@ class Ollama(pulumi.ComponentResource):
             ServiceContainer(
                 service="ollama",
                 image=args["image"],
-                networks=[NetworkAttachment(args["network"], aliases=[ALIAS])],
+                networks=[
+                    NetworkAttachment(net, aliases=[ALIAS])
+                    for net in [args["network"], *args.get("client_networks", ())]
+                ],
                 env={
                     "OLLAMA_HOST": f"0.0.0.0:{PORT}",
                     "OLLAMA_KEEP_ALIVE": "10m",

@@ -24,6 +24,7 @@ from functools import cached_property
 from typing import Annotated, Any, get_origin
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -497,33 +498,34 @@ class ProxySpec(_Model):
         return str(ip)
 
 
+def _admin_network(cidr: str) -> str:
+    """One admin network, stored as Python writes it: one spelling, nothing else in it."""
+    if "%" in cidr:
+        raise ValueError("carries an IPv6 zone (`%...`): give the network alone")
+    try:
+        network = ipaddress.ip_network(cidr, strict=True)
+    except ValueError:
+        raise ValueError("is not a network in CIDR form (e.g. 198.51.100.0/24)") from None
+    if network.prefixlen == 0:
+        raise ValueError("admits the whole internet")
+    return str(network)
+
+
 class FirewallSpec(_Model):
     """Who may reach the hosts besides the cluster itself."""
 
-    admin_networks: tuple[str, ...] = ()
+    admin_networks: tuple[Annotated[str, AfterValidator(_admin_network)], ...] = ()
     """CIDRs SSH is admitted from (required in prod)."""
 
     @field_validator("admin_networks")
     @classmethod
-    def _cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        networks = []
-        for cidr in value:
-            shown = _show(cidr)
-            if "%" in cidr:
-                raise ValueError(f"{shown} carries an IPv6 zone (`%...`): give the network alone")
-            try:
-                network = ipaddress.ip_network(cidr, strict=True)
-            except ValueError:
-                raise ValueError(f"{shown} is not a network in CIDR form (e.g. 198.51.100.0/24)") from None
-            if network.prefixlen == 0:
-                raise ValueError(f"{shown} admits the whole internet")
-            networks.append(network)
+    def _not_everything(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        networks = [ipaddress.ip_network(cidr) for cidr in value]
         for version, everything in ((4, "0.0.0.0/0"), (6, "::/0")):
-            same = [n for n in networks if n.version == version]
-            if ipaddress.ip_network(everything) in ipaddress.collapse_addresses(same):  # type: ignore[arg-type]
+            same: list[Any] = [n for n in networks if n.version == version]
+            if ipaddress.ip_network(everything) in ipaddress.collapse_addresses(same):
                 raise ValueError(f"together admit the whole IPv{version} internet ({everything})")
-        # Stored as Python writes them: one spelling per network, nothing else in it.
-        return tuple(str(n) for n in networks)
+        return value
 
 
 class Curve(StrEnum):

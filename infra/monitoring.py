@@ -244,80 +244,105 @@ class Monitoring:
     """Where users open Grafana (None: only on the head's private network)."""
 
 
-def build_monitoring(
+def log_push_edge(
     spec: ClusterSpec,
+    docker_host: DockerHost,
     *,
-    hosts: Mapping[str, DockerHost],
+    issue: Callable[[str, CertSpec], IssuedCert] | None,
+    project: str,
+    stack: str,
+    opts: pulumi.ResourceOptions,
+) -> TlsEdge | None:
+    """The head's own TLS edge, for other hosts' log pushes (a head that is also a
+    worker routes them through its worker edge instead)."""
+    head = spec.head
+    if not needs_head_edge(spec) or head.is_worker:
+        return None
+    assert issue is not None, "hosts beyond the head need the internal CA"
+    return TlsEdge(
+        f"edge-{head.name}",
+        {
+            "image": spec.images.caddy,
+            # Loki answers on the head's private network.
+            "network": docker_host.network.name,
+            "routes": edge_routes(spec, head, []),
+            "tls_files": issue(f"edge-{head.name}", _host_cert(head, SERVER_USAGES)).files(),
+            "address": head.address,
+            "port": spec.ports.edge,
+            "labels": _labels(project, stack, head),
+            "memory_mb": spec.resources.edge.memory_mb,
+            "cpus": spec.resources.edge.cpus,
+        },
+        opts,
+    )
+
+
+def _labels(project: str, stack: str, host: HostSpec) -> dict[str, str]:
+    return {"cluster-ai.project": project, "cluster-ai.stack": stack, "cluster-ai.host": host.name}
+
+
+def host_exporters(
+    spec: ClusterSpec,
+    host: HostSpec,
+    docker_host: DockerHost,
+    *,
+    issue: Callable[[str, CertSpec], IssuedCert] | None,
+    backup_volume: pulumi.Input[str] | None,
+    project: str,
+    stack: str,
+    opts: pulumi.ResourceOptions,
+) -> HostExporters:
+    """One host's exporters and log shipper: Prometheus reaches them on the host's
+    private network (the head) or through the host's edge; Alloy pushes to Loki
+    there or through the head's edge."""
+    head = spec.head
+    remote = _remote(spec, host)
+    args: HostExportersArgs = {
+        "host": host.name,
+        "network": docker_host.network.name,
+        "labels": _labels(project, stack, host),
+        "cluster": f"{project}-{stack}",
+        "node_exporter": _size(spec, "node_exporter"),
+        "cadvisor": _size(spec, "cadvisor"),
+        "alloy": _size(spec, "alloy"),
+        "loki_url": (
+            f"https://{head.url_address}:{spec.ports.edge}{PUSH_PATH}" if remote else f"http://loki:{LOKI_PORT}{PUSH_PATH}"
+        ),
+    }
+    if host.gpus > 0:
+        args["dcgm_exporter"] = _size(spec, "dcgm_exporter")
+    if remote:
+        assert issue is not None, "hosts beyond the head need the internal CA"
+        args["alloy_tls_files"] = issue(f"alloy-{host.name}", alloy_identity(host)).files()
+    if not remote and backup_volume is not None:
+        args["backup_volume"] = backup_volume
+    return HostExporters(f"exporters-{host.name}", args, opts)
+
+
+def monitoring_stack(
+    spec: ClusterSpec,
+    head_host: DockerHost,
+    *,
     workers: Mapping[str, Sequence[str]],
     postgres: Postgres,
     redis: Redis,
-    backup_volume: pulumi.Input[str] | None,
     issue: Callable[[str, CertSpec], IssuedCert] | None,
-    place: Callable[..., pulumi.ResourceOptions],
     project: str,
     stack: str,
+    opts: pulumi.ResourceOptions,
     dashboard_prefix: str = "",
     proxy_ca: pulumi.Output[str] | None = None,
-) -> Monitoring:
-    """Declare every host's exporters and the head's monitoring stack.
+) -> tuple[MonitoringStack, str | None]:
+    """The head's Prometheus, Alertmanager, Grafana, Loki, prober and database exporters,
+    and where users open Grafana (None: only on the head's networks).
 
     `issue(name, cert)` signs a certificate with the internal CA (None in a
-    one-host stack, where nothing crosses hosts); `place(host, *after)` gives a
-    component's options on a host (its provider, after its bootstrap).
+    one-host stack, where nothing crosses hosts).
     """
     head = spec.head
-    head_host = hosts[head.name]
     cluster_label = f"{project}-{stack}"
-    base_labels = {"cluster-ai.project": project, "cluster-ai.stack": stack}
-    head_labels = {**base_labels, "cluster-ai.host": head.name}
+    head_labels = _labels(project, stack, head)
     remote_tls = issue is not None and any(_remote(spec, h) for h in spec.hosts)
-
-    head_edge = None
-    if needs_head_edge(spec) and not head.is_worker:
-        assert issue is not None, "hosts beyond the head need the internal CA"
-        head_edge = TlsEdge(
-            f"edge-{head.name}",
-            {
-                "image": spec.images.caddy,
-                "network": head_host.network.name,
-                "routes": edge_routes(spec, head, []),
-                "tls_files": issue(f"edge-{head.name}", _host_cert(head, SERVER_USAGES)).files(),
-                "address": head.address,
-                "port": spec.ports.edge,
-                "labels": head_labels,
-                "memory_mb": spec.resources.edge.memory_mb,
-                "cpus": spec.resources.edge.cpus,
-            },
-            place(head_host),
-        )
-
-    exporters: dict[str, HostExporters] = {}
-    for host in spec.hosts:
-        docker_host = hosts[host.name]
-        remote = _remote(spec, host)
-        args: HostExportersArgs = {
-            "host": host.name,
-            "network": docker_host.network.name,
-            "labels": {**base_labels, "cluster-ai.host": host.name},
-            "cluster": cluster_label,
-            "node_exporter": _size(spec, "node_exporter"),
-            "cadvisor": _size(spec, "cadvisor"),
-            "alloy": _size(spec, "alloy"),
-            "loki_url": (
-                f"https://{head.url_address}:{spec.ports.edge}{PUSH_PATH}"
-                if remote
-                else f"http://loki:{LOKI_PORT}{PUSH_PATH}"
-            ),
-        }
-        if host.gpus > 0:
-            args["dcgm_exporter"] = _size(spec, "dcgm_exporter")
-        if remote:
-            assert issue is not None, "hosts beyond the head need the internal CA"
-            args["alloy_tls_files"] = issue(f"alloy-{host.name}", alloy_identity(host)).files()
-        if not remote and backup_volume is not None:
-            args["backup_volume"] = backup_volume
-        exporters[host.name] = HostExporters(f"exporters-{host.name}", args, place(docker_host))
-
     smtp, slack = receivers(spec)
     sub_path = grafana_sub_path(spec)
     stack_args: MonitoringStackArgs = {
@@ -389,9 +414,11 @@ def build_monitoring(
         stack_args["smtp_password"] = pulumi.Output.secret(spec.smtp_password.get_secret_value())
     if spec.slack_webhook_url is not None:
         stack_args["slack_webhook_url"] = pulumi.Output.secret(spec.slack_webhook_url.get_secret_value())
-    after: list[pulumi.Resource] = [postgres, redis]
-    monitoring = MonitoringStack("monitoring", stack_args, place(head_host, *after))
-    return Monitoring(monitoring, exporters, head_edge, grafana_url)
+    if "observe" in head_host.networks and "public" in head_host.networks:
+        stack_args["observe_network"] = head_host.networks["observe"].name
+        stack_args["public_network"] = head_host.networks["public"].name
+    # The exporters log in to PostgreSQL and Redis: after them (`opts` says so).
+    return MonitoringStack("monitoring", stack_args, opts), grafana_url
 
 
 def uses_internal_proxy_ca(spec: ClusterSpec) -> bool:

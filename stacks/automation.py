@@ -427,7 +427,11 @@ def take_dump(declared: Any, *, client_for: Callable[[str], Any] | None = None) 
     from components.backup import backup_command
     from stacks.status import docker_client
 
-    client = (client_for or docker_client)(declared.docker_url)
+    # Over SSH with the stack's pinned host key (the provider's own ssh options).
+    if client_for is not None:
+        client = client_for(declared.docker_url)
+    else:
+        client = docker_client(declared.docker_url, ssh_opts=getattr(declared, "ssh_opts", ()))
     try:
         label = declared.labels.get("cluster-ai.stack", "")
         found = client.containers.list(

@@ -42,7 +42,7 @@ import httpx
 import yaml
 
 from infra.config import NAMESPACE, Images, parse_image
-from stacks.stackfile import REPO
+from stacks.stackfile import REPO, load_stack_document, parse_yaml
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -379,7 +379,7 @@ def lock_stack(
     if not path.is_file():
         raise FileNotFoundError(f"no stack config {path.name} in {root}")
     text = path.read_text()
-    document = yaml.safe_load(text) or {}
+    document = load_stack_document(path)
     config = document.get("config") or {}
     overrides = dict(registries or {})
     registry = Registry(client or httpx.Client(timeout=TIMEOUT_S, follow_redirects=True))
@@ -415,7 +415,7 @@ def lock_stack(
             model_pins[index] = digest
 
     new_text = edit_stack_file(text, image_pins, model_pins) if image_pins or model_pins else text
-    if yaml.safe_load(new_text) != _expected(document, image_pins, model_pins):
+    if parse_yaml(new_text, path) != _expected(document, image_pins, model_pins):
         raise EditError(f"editing {path.name} in place would change more than the pins; set them by hand")
     return LockResult(changes, new_text)
 

@@ -26,14 +26,21 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import shutil
+import socket
+import subprocess
 import sys
 import tarfile
+import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -121,6 +128,8 @@ class DeclaredContainer:
     has_healthcheck: bool
     command: tuple[str, ...]
     labels: Mapping[str, str]
+    ssh_opts: tuple[str, ...] = ()
+    """The `ssh` options of the host's Docker provider (host key pinned), for `ssh://` hosts."""
 
 
 def _labels(inputs: Mapping[str, Any]) -> dict[str, str]:
@@ -142,7 +151,9 @@ def declared_containers(evaluation: Evaluation) -> list[DeclaredContainer]:
         inputs = r.plain_inputs()
         labels = _labels(inputs)
         provider = evaluation.get(r.provider_urn) if r.provider_urn else None
-        docker_url = str(provider.plain_inputs().get("host", "")) if provider else ""
+        provider_inputs = provider.plain_inputs() if provider else {}
+        docker_url = str(provider_inputs.get("host", ""))
+        ssh_opts = tuple(str(o) for o in provider_inputs.get("sshOpts") or [])
         command = tuple(str(part) for part in inputs.get("command") or [])
         out.append(
             DeclaredContainer(
@@ -154,6 +165,7 @@ def declared_containers(evaluation: Evaluation) -> list[DeclaredContainer]:
                 has_healthcheck=bool(inputs.get("healthcheck")),
                 command=command,
                 labels=labels,
+                ssh_opts=ssh_opts,
             )
         )
     return sorted(out, key=lambda c: (c.host, c.name))
@@ -232,11 +244,126 @@ def default_endpoints(spec: ClusterSpec, containers: Sequence[DeclaredContainer]
 # -- containers ------------------------------------------------------------------
 
 
-def docker_client(url: str, timeout: float = TIMEOUT_S) -> Any:
-    """A Docker API client for a host: the local socket, or `ssh://` through the ssh client."""
+class UnpinnedHostError(Exception):
+    """An `ssh://` host whose provider declares no pinned host key: status will not dial it."""
+
+
+def ssh_dial_argv(url: str, ssh_opts: Sequence[str]) -> list[str]:
+    """`ssh <the provider's options> -l user -- host docker system dial-stdio` for an `ssh://` URL.
+
+    The same options every docker.Provider of the stack uses (components/host.py
+    `ssh_options`): the pinned key through KnownHostsCommand, strict checking, no
+    known_hosts file of the user's read or written.
+    """
+    if "StrictHostKeyChecking=yes" not in ssh_opts or not any(o.startswith("KnownHostsCommand=") for o in ssh_opts):
+        raise UnpinnedHostError(f"{url}: the stack declares no pinned host key for it (sshOpts)")
+    parts = urlsplit(url)
+    if parts.scheme != "ssh" or not parts.hostname:
+        raise UnpinnedHostError(f"{url}: not an ssh:// Docker endpoint")
+    argv = ["ssh", *ssh_opts]
+    if parts.username:
+        argv += ["-l", parts.username]
+    # urlsplit takes the brackets off an IPv6 address; ssh wants it bare.
+    return [*argv, "--", parts.hostname, "docker", "system", "dial-stdio"]
+
+
+class SshDockerTunnel:
+    """A private unix socket whose every connection is bridged to `docker system dial-stdio`
+    on the host over `ssh` with the stack's pinned host key (what the Pulumi provider does)."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.argv = argv
+        self._dir = tempfile.mkdtemp(prefix="cluster-ai-status-")
+        self.path = f"{self._dir}/docker.sock"
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(self.path)
+        self._listener.listen(8)
+        self._processes: list[subprocess.Popen[bytes]] = []
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.path}"
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            process = subprocess.Popen(
+                self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+            )
+            self._processes.append(process)
+            threading.Thread(target=self._pump_in, args=(conn, process), daemon=True).start()
+            threading.Thread(target=self._pump_out, args=(conn, process), daemon=True).start()
+
+    @staticmethod
+    def _pump_in(conn: socket.socket, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdin is not None
+        try:
+            while data := conn.recv(65536):
+                process.stdin.write(data)
+                process.stdin.flush()
+        except OSError:
+            pass
+        finally:
+            with _quietly():
+                process.stdin.close()
+
+    @staticmethod
+    def _pump_out(conn: socket.socket, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdout is not None
+        try:
+            while data := os.read(process.stdout.fileno(), 65536):
+                conn.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with _quietly():
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+        for process in self._processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait(timeout=TIMEOUT_S)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+@contextmanager
+def _quietly() -> Iterator[None]:
+    try:
+        yield
+    except OSError:
+        pass
+
+
+def docker_client(url: str, timeout: float = TIMEOUT_S, ssh_opts: Sequence[str] = ()) -> Any:
+    """A Docker API client for a host: the local socket, or `ssh://` over a tunnel that pins
+    the host key exactly as the stack's docker.Provider does (never the user's known_hosts)."""
     import docker
 
-    return docker.DockerClient(base_url=url, use_ssh_client=url.startswith("ssh://"), timeout=int(timeout))
+    if not url.startswith("ssh://"):
+        return docker.DockerClient(base_url=url, timeout=int(timeout))
+    tunnel = SshDockerTunnel(ssh_dial_argv(url, ssh_opts))
+    try:
+        client = docker.DockerClient(base_url=tunnel.url, timeout=int(timeout))
+    except Exception:
+        tunnel.close()
+        raise
+    close = client.close
+
+    def close_both() -> None:
+        close()
+        tunnel.close()
+
+    client.close = close_both
+    return client
 
 
 def _image_id(client: Any, reference: str, cache: dict[str, str | None]) -> str | None:
@@ -287,7 +414,7 @@ def check_containers(
         by_url.setdefault((docker_urls or {}).get(c.host, c.docker_url), []).append(c)
     for url, group in by_url.items():
         try:
-            client = docker_client(url)
+            client = docker_client(url, ssh_opts=group[0].ssh_opts)
             found = client.containers.list(all=True, filters={"label": [f"cluster-ai.stack={stack_label}"]})
         except Exception as exc:  # noqa: BLE001 - any failure to reach a host is a finding, not a crash
             for c in group:

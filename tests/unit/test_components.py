@@ -88,6 +88,8 @@ def two_of_everything() -> None:
                 "sync_image": "ghcr.io/dask/dask:2026.8.0-py3.12",
                 "memory_mb": 1024,
                 "cpus": 1,
+                "sync_memory_mb": 256,
+                "sync_cpus": 0.5,
                 "protect": False,
                 "labels": LABELS,
             },

@@ -24,6 +24,7 @@ from infra.program import StackConfigError
 from stacks.mocks import ClusterMocks, evaluate_program
 from stacks.plan import run_program
 from stacks.stackfile import project_name, read_stack_config
+from tests.unit import test_hostile_configs as hostile
 
 NS = "cluster-ai:"
 CONTAINER = "docker:index/container:Container"
@@ -393,3 +394,59 @@ def test_program_never_crashes_and_never_publishes_on_every_interface(
             assert port["ip"] == want, f"{container.urn}: publishes on {port}, not {want}"
     if not spec.tls_enabled:
         assert published > 0, "a one-host dev stack publishes its services on the loopback bind address"
+
+
+# --- hostile text in every string field (issue 12) ---------------------------------------
+
+# Pieces that end a heredoc, close a quote, start a command, carry an IPv6 zone into
+# ssh's `%` tokens, or are simply too much; combined with valid values so some of
+# them get past the first check of a field.
+HOSTILE_PIECES = [
+    "\n",
+    "\r",
+    "\x00",
+    "'",
+    '"',
+    "`id`",
+    "$(reboot)",
+    "${IFS}",
+    ";",
+    "%",
+    "%eth0",
+    " ",
+    "\t",
+    "}",
+    "{",
+    "#",
+    "CLUSTER_AI_NFT",
+    "\u202e",
+    "\u00e9",
+    "\U0001f600",
+    "\\",
+    "x" * 3000,
+]
+VALID_SEEDS = ["192.0.2.11", "2001:db8::11", "fe80::1", "head", "ai.example.com", "ops@example.com", "cluster-ai"]
+
+
+@st.composite
+def hostile_text(draw: st.DrawFn) -> str:
+    """A valid-looking value with hostile pieces around or inside it, or arbitrary text."""
+    if draw(st.booleans()):
+        return draw(st.text(min_size=0, max_size=80))
+    seed = draw(st.sampled_from(VALID_SEEDS))
+    pieces = draw(st.lists(st.sampled_from(HOSTILE_PIECES), min_size=1, max_size=4))
+    at = draw(st.integers(min_value=0, max_value=len(seed)))
+    return seed[:at] + "".join(pieces) + seed[at:]
+
+
+@pytest.mark.skipif(bool(hostile.missing_tools()), reason=f"sink checks need: {hostile.missing_tools()}")
+@given(path=st.sampled_from(hostile.STRING_FIELDS), value=hostile_text())
+@settings(LOAD_SETTINGS, max_examples=250)
+def test_hostile_text_in_any_string_field_is_a_clear_error_or_a_safe_plan(
+    path: tuple[str | int, ...], value: str
+) -> None:
+    """Either exit-2 material (ConfigError naming the key, safe message) or a plan whose every
+    script, ruleset and Caddyfile the real tools read to the plain plan's structure."""
+    doc = hostile.base()
+    hostile.set_path(doc, path, value)
+    event(hostile.outcome(doc, path, value, f"{hostile.key_path(path)}={value[:40]!r}"))

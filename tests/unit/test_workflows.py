@@ -176,9 +176,10 @@ EXPRESSION = re.compile(r"\$\{\{(.*?)\}\}", re.S)
 def actionlint() -> str | None:
     """The actionlint the toolchain builds from Go modules (ci/versions.env: ACTIONLINT_VERSION).
 
-    Looked for as $ACTIONLINT, then on PATH, then in the toolchain cache
-    (${CLUSTER_AI_CACHE:-/var/cache/cluster-ai}/toolchain/*/bin). The PyPI wrapper
-    downloads a release at install time, which this machine cannot reach.
+    Looked for as $ACTIONLINT, in $CLUSTER_AI_TOOLCHAIN_BIN (ci/toolchain.sh's env.sh),
+    on PATH, then in the toolchain cache (${CLUSTER_AI_CACHE:-/var/cache/cluster-ai}/
+    toolchain/*/bin). The PyPI wrapper downloads a release at install time, which this
+    machine cannot reach.
     """
     import os
     import shutil
@@ -186,6 +187,9 @@ def actionlint() -> str | None:
     given = os.environ.get("ACTIONLINT")
     if given:
         return given
+    toolchain = os.environ.get("CLUSTER_AI_TOOLCHAIN_BIN")
+    if toolchain and (Path(toolchain) / "actionlint").is_file():
+        return str(Path(toolchain) / "actionlint")
     found = shutil.which("actionlint")
     if found:
         return found
@@ -194,16 +198,22 @@ def actionlint() -> str | None:
     return str(built[-1]) if built else None
 
 
-def test_actionlint_passes_on_every_workflow() -> None:
-    """The real actionlint: expressions, contexts per key, action inputs it knows, shellcheck-free
-    syntax checks of `run:` scripts, cron syntax, job dependencies."""
+def require_actionlint() -> str:
+    """The binary; in CI a missing one fails (CI builds the toolchain first), elsewhere the test skips."""
     import os
 
     binary = actionlint()
     if binary is None:
         if os.environ.get("CI"):
-            pytest.fail("actionlint is not built: CI must build the toolchain (ci/versions.env) before the tests")
+            pytest.fail("actionlint is not built: CI must build the toolchain (ci/toolchain.sh) before the tests")
         pytest.skip("actionlint not found: `make toolchain` builds it (or set ACTIONLINT=/path/to/actionlint)")
+    return binary
+
+
+def test_actionlint_passes_on_every_workflow() -> None:
+    """The real actionlint: expressions, contexts per key, action inputs it knows, shellcheck-free
+    syntax checks of `run:` scripts, cron syntax, job dependencies."""
+    binary = require_actionlint()
     version = subprocess.run([binary, "-version"], capture_output=True, text=True, timeout=30, check=False)
     assert version.returncode == 0, version.stderr
     result = subprocess.run(
@@ -219,9 +229,7 @@ def test_actionlint_passes_on_every_workflow() -> None:
 
 def test_actionlint_is_able_to_fail(tmp_path: Path) -> None:
     """The same binary and flags refuse a workflow with an undefined context and a bad input."""
-    binary = actionlint()
-    if binary is None:
-        pytest.skip("actionlint not found (see test_actionlint_passes_on_every_workflow)")
+    binary = require_actionlint()
     bad = tmp_path / ".github" / "workflows" / "bad.yml"
     bad.parent.mkdir(parents=True)
     bad.write_text("on: push\njobs:\n  a:\n    runs-on: ubuntu-24.04\n    steps:\n      - run: echo ${{ secret.X }}\n")
