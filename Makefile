@@ -11,7 +11,7 @@ STATE_DIR := $(CURDIR)/.pulumi-state
 PASSPHRASE_FILE := $(STATE_DIR)/passphrase
 PULUMI_ENV := PULUMI_BACKEND_URL=file://$(STATE_DIR) PULUMI_CONFIG_PASSPHRASE_FILE=$(PASSPHRASE_FILE) PULUMI_SKIP_UPDATE_CHECK=true
 
-.PHONY: up preview destroy check-tools stack-ready test test-unit plan lint bench deps env clean-venv policies-doc policies drift status lock mutation images toolchain
+.PHONY: up preview destroy check-tools stack-ready test test-unit plan lint bench deps env clean-venv policies-doc policies drift status lock mutation images toolchain ollama webui
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) >&2
@@ -120,6 +120,13 @@ images: deps
 # modules, cached outside the clone (docs/engine.md); prints the env file to source.
 toolchain:
 	bash ci/toolchain.sh
+
+# The real applications the integration tier runs (cached outside the clone, see ci/versions.env).
+ollama:
+	bash ci/ollama.sh
+
+webui:
+	bash ci/webui.sh
 
 # A mutation run (mutmut) over the modules issue 14 names, on a scratch copy of the
 # checkout; prints the score. Not part of CI: hours on 2 cores (docs/testing.md).

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import json
 import os
 import statistics
@@ -43,6 +44,7 @@ import pulumi  # noqa: E402
 
 from stacks.mocks import ClusterMocks, Evaluation, evaluate_program, unwrap  # noqa: E402
 from stacks.plan import evaluate_stack  # noqa: E402
+from stacks.stackfile import read_stack_config  # noqa: E402
 
 SIZES = (1, 10, 100, 150, 300)
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOd6YHSn/3BbJbUHjczu3IyYXFOYcba26JmJKDnblpKp"
@@ -67,8 +69,19 @@ def prod_hosts(n: int) -> list[dict[str, Any]]:
     return hosts
 
 
+def bench_pins() -> dict[str, str]:
+    """Pulumi.prod.yaml leaves unconfirmed digests to `stacks lock`, and prod refuses an image
+    without one: the bench pins those by sha256 of the reference (bench data, never deployed)."""
+    images = json.loads(read_stack_config("prod").config.get("cluster-ai:images") or "{}")
+    pinned = {
+        key: ref if "@" in ref else f"{ref}@sha256:{hashlib.sha256(ref.encode()).hexdigest()}"
+        for key, ref in images.items()
+    }
+    return {"cluster-ai:images": json.dumps(pinned)}
+
+
 def overrides(n: int) -> dict[str, str]:
-    return {"cluster-ai:hosts": json.dumps(prod_hosts(n))}
+    return {"cluster-ai:hosts": json.dumps(prod_hosts(n)), **bench_pins()}
 
 
 def evaluate(n: int) -> Evaluation:

@@ -31,11 +31,14 @@ BASE_REPO=cluster-ai/debian
 # Bump to rebuild the base and, through its key, every image.
 BASE_RECIPE=1
 OLLAMA_BIN=${OLLAMA_BIN:-}
+# bookworm's python3; the Python images check it at build time.
+DEBIAN_PYTHON=3.11.2
 export DOCKER_BUILDKIT=0 # the legacy builder: FROM a local image never pulls
 
 STARTED=$(date +%s)
 WORK=$(mktemp -d /tmp/cluster-ai-images.XXXXXX)
 trap 'stop_wheel_server; rm -rf "$WORK"' EXIT
+trap 'exit 130' INT TERM
 
 log() { echo "images: $*"; }
 die() {
@@ -279,6 +282,8 @@ fetch_wheels() {
     "$(host_python)" -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$dir" \
       -r "$requirements" "$@" || die "pip wheel for $name failed"
     touch "$dir/.complete"
+    # Wheels of an older lock of the same image are of no further use.
+    find "$CACHE/images/wheels" -mindepth 1 -maxdepth 1 -name "$name-*" ! -path "$dir" -exec rm -rf {} +
     log "wheels for $name fetched in $(since "$started") s: $dir" >&2
   fi
   echo "$dir"
@@ -326,6 +331,8 @@ stage_webui() {
     die "no Open WebUI $version venv at $venv: run ci/webui.sh first"
   "$venv/bin/python" -m pip freeze --disable-pip-version-check --exclude-editable >"$dest/requirements.lock"
   grep -qxF "open-webui==$version" "$dest/requirements.lock" || die "$venv does not hold open-webui==$version"
+  # What the packages need on bookworm's Python and not on the venv's (markers).
+  "$venv/bin/python" ci/images/webui/markers.py "$DEBIAN_PYTHON" >>"$dest/requirements.lock"
   WHEELS=$(fetch_wheels webui "$dest/requirements.lock" --no-deps) || exit 1
 }
 
@@ -353,6 +360,7 @@ build_image() {
   version=${version%-bookworm}
   local args=(--build-arg "BASE=$BASE_REF" --build-arg "SERVICE=$name" --build-arg "VERSION=$version"
     --build-arg "PACKAGE=$package")
+  case "$name" in dask | webui) args+=(--build-arg "PYTHON_VERSION=$DEBIAN_PYTHON") ;; esac
   key=$(context_key "$ctx" "${args[@]}")
   if up_to_date "$ref" "$key"; then
     log "$ref is up to date (key $key)"

@@ -82,6 +82,7 @@ module_dir() {
 writable_copy() {
   # writable_copy SRC DEST: a fresh writable copy of a module directory.
   rm -rf "$2"
+  mkdir -p "$(dirname "$2")"
   cp -r "$1" "$2"
   chmod -R u+w "$2"
 }
@@ -156,6 +157,9 @@ export PULUMI_HOME="$PREFIX/home"
 export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=true
 export PULUMI_SKIP_UPDATE_CHECK=true
 export CLUSTER_AI_TOOLCHAIN_BIN="$BIN"
+# The language host (v$PULUMI_LANGUAGE_PYTHON_SDK_VERSION) does not receive the project's
+# runtime.options.virtualenv from this CLI: it runs this interpreter (docs/engine.md).
+export PULUMI_PYTHON_CMD="\${PULUMI_PYTHON_CMD:-$ROOT/.venv/bin/python}"
 EOF
   cp "$PREFIX/env.sh" "$CACHE/env.sh.partial" && mv "$CACHE/env.sh.partial" "$CACHE/env.sh"
 }

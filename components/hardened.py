@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pulumi
 import pulumi_docker as docker
@@ -196,7 +197,7 @@ def hardened_container(
         keep_locally=True,
         opts=_child(opts),
     )
-    mounts = list(spec.mounts)
+    file_mounts: list[Mount] = []
     uploads: list[docker.ContainerUploadArgs] = []
     if spec.secret_files or spec.secret_env:
         secrets = docker.Volume(
@@ -204,23 +205,25 @@ def hardened_container(
             labels=_volume_labels(spec, "secrets"),
             opts=_child(opts),
         )
-        mounts.append(Mount(volume=secrets.name, target=SECRETS_DIR))
+        file_mounts.append(Mount(volume=secrets.name, target=SECRETS_DIR, read_only=True))
         files = dict(spec.secret_files)
         files.update({SECRET_ENV_PREFIX + k: v for k, v in spec.secret_env.items()})
-        uploads = [_secret_upload(file_name, content, spec.user) for file_name, content in sorted(files.items())]
+        uploads = [_secret_upload(file_name, content) for file_name, content in sorted(files.items())]
     if spec.config_files:
         config = docker.Volume(
             f"{name}-config",
             labels=_volume_labels(spec, "config"),
             opts=_child(opts),
         )
-        mounts.append(Mount(volume=config.name, target=CONFIG_DIR))
+        file_mounts.append(Mount(volume=config.name, target=CONFIG_DIR, read_only=True))
         uploads += [
             docker.ContainerUploadArgs(
-                file=f"{CONFIG_DIR}/{path.lstrip('/')}", content=content, permissions="0444", owner="0", group="0"
+                file=f"{CONFIG_DIR}/{path.lstrip('/')}", content=content, permissions="0444"
             )
             for path, content in sorted(spec.config_files.items())
         ]
+    holder = _file_holder(name, spec, image.image_id, file_mounts, uploads, opts) if uploads else None
+    mounts = [*spec.mounts, *file_mounts]
 
     entrypoint = spec.entrypoint
     if spec.secret_env:
@@ -234,8 +237,10 @@ def hardened_container(
             # A published port or a data volume cannot be held by two containers
             # at once: replace by stopping the old one first.
             delete_before_replace=bool(spec.publish or spec.mounts),
-            # The container's own (a task re-runs when what it works on is replaced).
-            replacement_trigger=opts.replacement_trigger,
+            # The container's own (a task re-runs when what it works on is replaced),
+            # and its files' holder: new secrets or config are read by a new container.
+            replacement_trigger=_trigger(opts.replacement_trigger, holder),
+            depends_on=[holder] if holder is not None else None,
         ),
     )
     return docker.Container(
@@ -246,7 +251,6 @@ def hardened_container(
         envs=[
             f"{k}={v}" if isinstance(v, str) else pulumi.Output.concat(k, "=", v) for k, v in sorted(spec.env.items())
         ],
-        uploads=uploads or None,
         user=spec.user,
         read_only=spec.read_only_root,
         capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"], adds=sorted(spec.cap_add) or None),
@@ -293,7 +297,52 @@ def hardened_container(
     )
 
 
-def _lifecycle(spec: ServiceContainer) -> dict[str, object]:
+def _file_holder(
+    name: str,
+    spec: ServiceContainer,
+    image_id: pulumi.Input[str],
+    mounts: Sequence[Mount],
+    uploads: Sequence[docker.ContainerUploadArgs],
+    opts: pulumi.ResourceOptions,
+) -> docker.Container:
+    """A container that is created and never started: it carries `uploads` into the volumes.
+
+    The engine copies an upload into a container through its root (`/`), which Docker
+    refuses for a read-only root even when the file lands in a volume. So the files go
+    in through this holder (writable root, never run, no network), and the service
+    mounts the same volumes read-only.
+    """
+    return docker.Container(
+        f"{name}-files",
+        image=image_id,
+        start=False,
+        # Never started: a created container is its finished state, not drift.
+        must_run=False,
+        network_mode="none",
+        capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
+        security_opts=["no-new-privileges:true"],
+        privileged=False,
+        read_only=False,
+        restart="no",
+        memory=16,
+        memory_swap=16,
+        uploads=list(uploads),
+        mounts=[docker.ContainerMountArgs(type="volume", source=m.volume, target=m.target) for m in mounts],
+        labels=[
+            docker.ContainerLabelArgs(label=k, value=v)
+            for k, v in sorted({**_labels(f"{name}-files", spec), "cluster-ai.role": "file-holder"}.items())
+        ],
+        opts=_child(opts),
+    )
+
+
+def _trigger(own: pulumi.Input[object] | None, holder: docker.Container | None) -> pulumi.Input[object] | None:
+    if holder is None:
+        return own
+    return holder.id if own is None else pulumi.Output.all(own, holder.id)
+
+
+def _lifecycle(spec: ServiceContainer) -> dict[str, Any]:
     """How the container lives: a service restarts (bounded) and is waited on until healthy;
     a task runs once to its end while `up` waits for it (attach) and keeps its output (logs)."""
     if spec.healthcheck is None:
@@ -378,13 +427,16 @@ def _volume_labels(spec: ServiceContainer, kind: str) -> list[docker.VolumeLabel
     return [docker.VolumeLabelArgs(label=k, value=v) for k, v in sorted(labels.items())]
 
 
-def _secret_upload(file_name: str, content: pulumi.Output[str], user: str | None) -> docker.ContainerUploadArgs:
-    uid, _, gid = (user or "0:0").partition(":")
+def _secret_upload(file_name: str, content: pulumi.Output[str]) -> docker.ContainerUploadArgs:
+    """A secret file, readable (never writable) by the service in a volume only it mounts.
+
+    Root-owned 0444: the engine can set an upload's owner only by chowning every file
+    to the holder's user, which it looks up by name on its own host, so the service's
+    `uid:gid` cannot be given; no other container mounts this volume.
+    """
     return docker.ContainerUploadArgs(
         file=f"{SECRETS_DIR}/{file_name}",
         # Keep it secret in state even if the caller forgot to mark it.
         content=pulumi.Output.secret(content),
-        permissions="0400",
-        owner=uid,
-        group=gid or uid,
+        permissions="0444",
     )

@@ -12,7 +12,15 @@ import pulumi_docker as docker
 from components.addresses import ssh_address, url_host
 from components.bootstrap import HostBootstrap, HostBootstrapArgs
 
-__all__ = ["HOST_NETWORK", "NETWORK_PURPOSES", "DockerHost", "DockerHostArgs", "known_hosts_line", "ssh_options", "url_host"]
+__all__ = [
+    "HOST_NETWORK",
+    "NETWORK_PURPOSES",
+    "DockerHost",
+    "DockerHostArgs",
+    "known_hosts_line",
+    "ssh_options",
+    "url_host",
+]
 
 
 # What may reach ssh's KnownHostsCommand: ssh splits it on spaces and expands `%`
@@ -141,9 +149,7 @@ class DockerHost(pulumi.ComponentResource):
             for purpose in purposes
         }
         self.data_network = self.networks.get("data")
-        self.register_outputs(
-            {"network": self.network.name, "networks": {p: n.name for p, n in self.networks.items()}}
-        )
+        self.register_outputs({"network": self.network.name, "networks": {p: n.name for p, n in self.networks.items()}})
 
 
 def _network(

@@ -33,6 +33,8 @@ class ModelPinArgs(TypedDict):
     name: str
     digest: str | None
     """None (dev only): the first pull records what it got."""
+    insecure: NotRequired[bool]
+    """Pull from a private registry over plain HTTP (never in prod: infra/config.py refuses it)."""
 
 
 class OllamaArgs(TypedDict):
@@ -66,7 +68,14 @@ def sync_arguments(models: Sequence[ModelPinArgs]) -> list[str]:
     The pins are one JSON argument (data, never shell text); the script runs from `-c`
     so the task's read-only container needs nothing uploaded.
     """
-    pins = json.dumps([{"name": m["name"], "digest": m["digest"]} for m in models], sort_keys=True)
+    # `insecure` only where set, so the command of a stack without it stays as it was.
+    pins = json.dumps(
+        [
+            {"name": m["name"], "digest": m["digest"], **({"insecure": True} if m.get("insecure") else {})}
+            for m in models
+        ],
+        sort_keys=True,
+    )
     return ["python", "-c", SYNC_SCRIPT.read_text(), "--url", f"http://{ALIAS}:{PORT}", "--pins", pins]
 
 

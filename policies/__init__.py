@@ -6,6 +6,8 @@ The rules are plain validator functions, grouped by what they check:
   pulumi_docker container, image or provider can express;
 - `policies.cluster`: the cluster's own rules (only the proxy is public; prod's
   digests, TLS, pinned models, protected volumes; SSH host keys everywhere).
+- `policies.segmentation`: least privilege between services (each TLS edge
+  route names its clients; only front services on the public network).
 
 `policies.exceptions` holds the pack's exceptions (each with its reason),
 `policies.pack` turns the rules into `pulumi_policy` policies, `policies.harness`

@@ -10,7 +10,7 @@ from typing import Any
 
 from pulumi_policy import EnforcementLevel, PolicyPack
 
-from policies import cis, cluster
+from policies import cis, cluster, isolation, segmentation
 from policies.exceptions import PACK_CONFIG
 from policies.model import Rule
 
@@ -23,7 +23,7 @@ DESCRIPTION = (
 
 def all_rules() -> list[Rule]:
     """Every rule of the pack, CIS first, in catalogue order."""
-    rules = [*cis.RULES, *cluster.RULES]
+    rules = [*cis.RULES, *cluster.RULES, *isolation.RULES, *segmentation.RULES]
     names = [r.name for r in rules]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

@@ -10,12 +10,13 @@ table between its markers; tests/unit/test_stack_operations.py keeps them equal.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.config import ClusterSpec, HostSpec, load_spec, placed_services
+from infra.config import NAMESPACE, ClusterSpec, HostSpec, load_spec, placed_services
 from stacks.stackfile import REPO, read_stack_config
 
 README = REPO / "README.md"
@@ -64,7 +65,12 @@ def host_footprint(stack: str, spec: ClusterSpec, host: HostSpec) -> Footprint:
 
 def stack_footprints(stack: str, root: Path = REPO) -> list[Footprint]:
     config = read_stack_config(stack, root)
-    spec = load_spec(config.config, config.secret_keys)
+    # Memory does not depend on pins: the shipped prod example leaves unconfirmed digests to
+    # `stacks lock` (the plan refuses it until then), and its footprint is documented all the same.
+    images = json.loads(config.config.get(f"{NAMESPACE}:images") or "{}")
+    tags_only = {key: ref.split("@", 1)[0] for key, ref in images.items()}
+    flat = {**config.config, f"{NAMESPACE}:images": json.dumps(tags_only), f"{NAMESPACE}:environment": "dev"}
+    spec = load_spec(flat, config.secret_keys)
     return [host_footprint(stack, spec, host) for host in spec.hosts]
 
 

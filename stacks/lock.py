@@ -34,15 +34,15 @@ import json
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
 
-from infra.config import NAMESPACE, Images, parse_image
-from stacks.stackfile import REPO, load_stack_document, parse_yaml
+from infra.config import NAMESPACE, Images, looks_made_up, parse_image
+from stacks.stackfile import REPO, load_stack_document, parse_yaml, read_stack_config
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -364,6 +364,8 @@ class LockResult:
     changes: list[Change]
     text: str
     """The new stack file."""
+    unresolved: list[tuple[str, str]] = field(default_factory=list)
+    """(key, why) of every pin that could not be resolved: left as it was."""
 
 
 def lock_stack(
@@ -379,6 +381,8 @@ def lock_stack(
     if not path.is_file():
         raise FileNotFoundError(f"no stack config {path.name} in {root}")
     text = path.read_text()
+    # Read as the plan reads it first: a malformed file stops here (file and line), before any registry.
+    read_stack_config(stack, root)
     document = load_stack_document(path)
     config = document.get("config") or {}
     overrides = dict(registries or {})
@@ -388,12 +392,19 @@ def lock_stack(
     declared_images = config.get(f"{NAMESPACE}:images") or {}
     effective = Images.model_validate(declared_images).items() if isinstance(declared_images, dict) else []
     image_pins: dict[str, str] = {}
+    unresolved: list[tuple[str, str]] = []
     for key, reference in effective:
         current = declared_images.get(key)
-        if parse_image(reference).digest is not None and not update:
+        digest_now = parse_image(reference).digest
+        # A placeholder (a digest typed to look like one) is no pin: resolve it even without --update.
+        if digest_now is not None and not looks_made_up(digest_now) and not update:
             continue
         location = image_location(reference)
-        digest = registry.image_digest(registry_base(location.registry, overrides), location)
+        try:
+            digest = registry.image_digest(registry_base(location.registry, overrides), location)
+        except LockError as exc:
+            unresolved.append((f"images.{key}", str(exc)))
+            continue
         pinned = pinned_reference(reference, digest)
         changes.append(Change(f"images.{key}", current, pinned))
         if pinned != current:
@@ -404,11 +415,20 @@ def lock_stack(
         if not isinstance(model, dict) or "name" not in model:
             raise LockError(f"{NAMESPACE}:models[{index}]: has no name")
         current = model.get("digest")
-        if current is not None and not update:
+        if current is not None and not looks_made_up(str(current)) and not update:
             continue
         location = model_location(str(model["name"]))
-        base = overrides.get(location.registry) or registry_base(location.registry, overrides)
-        digest = registry.model_digest(base, location)
+        base = overrides.get(location.registry) or (
+            # `insecure: true` (dev only): the private registry speaks plain HTTP.
+            f"http://{location.registry}"
+            if model.get("insecure") is True
+            else registry_base(location.registry, overrides)
+        )
+        try:
+            digest = registry.model_digest(base, location)
+        except LockError as exc:
+            unresolved.append((f"models[{index}].digest ({model['name']})", str(exc)))
+            continue
         before = None if current is None else str(current).removeprefix("sha256:")
         changes.append(Change(f"models[{index}].digest ({model['name']})", before, digest))
         if before != digest:
@@ -417,12 +437,15 @@ def lock_stack(
     new_text = edit_stack_file(text, image_pins, model_pins) if image_pins or model_pins else text
     if parse_yaml(new_text, path) != _expected(document, image_pins, model_pins):
         raise EditError(f"editing {path.name} in place would change more than the pins; set them by hand")
-    return LockResult(changes, new_text)
+    return LockResult(changes, new_text, unresolved)
 
 
 def render(result: LockResult, stack: str) -> str:
-    if not result.changes:
+    """What was resolved (pinned, moved, unchanged) and, separately, what could not be."""
+    if not result.changes and not result.unresolved:
         return f"stack {stack}: every pin already has a digest (use --update to move them)"
+    if not result.changes:
+        return f"stack {stack}: nothing resolved"
     lines = [f"stack {stack}:"]
     for c in result.changes:
         if not c.changed:
@@ -432,6 +455,14 @@ def render(result: LockResult, stack: str) -> str:
         else:
             state = "moved"
         lines.append(f"  {c.key}: {state} -> {c.after}" + (f" (was {c.before})" if c.changed and c.before else ""))
+    return "\n".join(lines)
+
+
+def render_unresolved(result: LockResult) -> str:
+    """Every pin that could not be resolved, and why: said apart from what was written."""
+    lines = [f"error: could not resolve {len(result.unresolved)} pin(s); they are left as they were:"]
+    lines += [f"  {key}: {why}" for key, why in result.unresolved]
+    lines.append("`plan` and `up` of a prod stack refuse an image or model without a real digest")
     return "\n".join(lines)
 
 
@@ -459,13 +490,17 @@ def _command(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(render(result, args.stack))
     path = args.root / f"Pulumi.{args.stack}.yaml"
-    if any(c.changed for c in result.changes):
+    written = [c.key for c in result.changes if c.changed]
+    if written:
         if args.dry_run:
             print(f"(dry run: {path.name} not written)")
         else:
             path.write_text(result.text)
-            print(f"wrote {path.name}")
+            print(f"wrote {len(written)} pin(s) to {path.name}: {', '.join(written)}")
             _audit(args, result, path)
+    if result.unresolved:
+        print(render_unresolved(result), file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 

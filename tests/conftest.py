@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -17,6 +17,35 @@ NAMESPACE = "cluster-ai"
 
 def config_key(key: str) -> str:
     return f"{NAMESPACE}:{key}"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def prod_example_locked() -> Iterator[None]:
+    """Tests evaluate the shipped prod example as `python -m stacks lock prod` leaves it.
+
+    Pulumi.prod.yaml carries no made-up digests: the images whose published digest
+    could not be confirmed have none, and `plan prod` refuses them (tested in
+    tests/unit/test_hostile_configs.py). In-process evaluations of `prod` from this
+    repository get those images pinned by test digests (tests/support/prod_stack.py
+    `as_locked`); a test that wants the file as shipped reads it with
+    `stacks.stackfile.read_stack_config`.
+    """
+    import stacks.plan
+    import stacks.policy_check
+    from stacks.stackfile import REPO, StackConfig
+    from tests.support.prod_stack import as_locked
+
+    def locked(stack: str, root: Any = REPO) -> StackConfig:
+        config = read_stack_config(stack, root)
+        if stack != "prod" or root != REPO:
+            return config
+        return StackConfig(config.project, config.stack, as_locked(config.config), config.secret_keys)
+
+    # Session-wide, so module- and session-scoped fixtures that evaluate prod see it too.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(stacks.plan, "read_stack_config", locked)
+        patch.setattr(stacks.policy_check, "read_stack_config", locked)
+        yield
 
 
 @pytest.fixture

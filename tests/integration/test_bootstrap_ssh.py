@@ -46,9 +46,11 @@ hosts admit root only).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
+import re
 import subprocess
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -105,6 +107,13 @@ class DeclaredBootstrap:
 
     def ssh_argv(self) -> list[str]:
         return ["ssh", *self.ssh_opts, f"{self.user}@{self.address}", self.create]
+
+    @property
+    def ruleset(self) -> str:
+        """The nftables ruleset the script carries as data (`FIREWALL_B64='...'`), decoded."""
+        found = re.search(r"^FIREWALL_B64='([A-Za-z0-9+/=]*)'$", self.script, re.M)
+        assert found is not None, f"{self.urn}: the script carries no ruleset"
+        return base64.b64decode(found[1]).decode()
 
 
 def declare(
@@ -257,7 +266,7 @@ def test_bootstrap_succeeds_twice_in_a_row_with_the_same_rules(cluster: Cluster)
         assert runs[0] == runs[1] == f"cluster-ai bootstrap: host {host} ready\n", f"{d.urn}: {runs}"
         assert rulesets[0] == rulesets[1], f"{d.urn}: the second run changed the live rules"
         assert files[0] == files[1], f"{d.urn}: the second run changed {RULES_FILE}"
-        assert files[0] in d.script, f"{d.urn}: {RULES_FILE} is not the ruleset the script declares"
+        assert files[0] == d.ruleset, f"{d.urn}: {RULES_FILE} is not the ruleset the script declares"
         assert confs[0] == confs[1], f"{d.urn}: the second run changed /etc/nftables.conf"
         assert confs[1].count(f'include "{RULES_FILE}"') == 1, f"{d.urn}: /etc/nftables.conf:\n{confs[1]}"
         assert not cluster.rules_file(host).with_suffix(".nft.new").exists(), f"{d.urn}: left its temporary file"

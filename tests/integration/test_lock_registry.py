@@ -185,3 +185,37 @@ def test_lock_of_an_unknown_tag_fails_and_writes_nothing(
     assert code == 1
     assert "no such tag (404)" in err and "/manifests/2026.8.0-py3.12" in err
     assert (tmp_path / "Pulumi.broken.yaml").read_text() == text
+
+
+# A placeholder is no pin; lock says what it wrote and what it could not resolve (issue 12).
+PLACEHOLDER = "sha256:" + "0d1c2b3a4f5e6d7c8b9a" * 3 + "0f1e"
+
+
+def test_lock_replaces_a_placeholder_writes_what_resolved_and_names_the_rest(
+    engine: Any, registry: Registry, run_id: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = f"p{run_id}"
+    tags = services()
+    dask = push(engine, registry, f"{repo}/dask", tags["dask"], f"dask {run_id}", run_id)
+    caddy = push(engine, registry, f"{repo}/caddy", tags["caddy"], f"caddy {run_id}", run_id)
+    registry.push_ollama_model("library/qwen2.5", "0.5b", b"weights " + run_id.encode())
+    text = STACK_TEXT.format(hosts=prod_hosts(), registry=registry.host, run=repo, images=images_block(registry, repo))
+    text = text.replace(f"/dask:{tags['dask']}", f"/dask:{tags['dask']}@{PLACEHOLDER}")
+    (tmp_path / "Pulumi.yaml").write_text((REPO / "Pulumi.yaml").read_text())
+    stack_file = tmp_path / "Pulumi.partial.yaml"
+    stack_file.write_text(text)
+
+    code = main(["lock", "partial", "--root", str(tmp_path), "--ollama-registry", registry.url])
+
+    out, err = capsys.readouterr()
+    assert code == 1, (out, err)
+    images = yaml.safe_load(stack_file.read_text())["config"]["cluster-ai:images"]
+    assert images["dask"].endswith("@" + dask), "the placeholder must be replaced without --update"
+    assert images["caddy"].endswith("@" + caddy)
+    assert "images.dask: moved" in out or "images.dask: pinned" in out, out
+    assert re.search(r"wrote 3 pin\(s\) to Pulumi.partial.yaml: .*images.dask.*images.caddy", out), out
+    unresolved = [key for key in tags if key not in ("dask", "caddy")]
+    assert f"could not resolve {len(unresolved)} pin(s)" in err, err
+    for key in unresolved:
+        assert f"images.{key}: " in err and "no such tag (404)" in err, key
+    assert "every pin already has a digest" not in out

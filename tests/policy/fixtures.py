@@ -140,6 +140,46 @@ def sync_props(stack: str, digest: str | None, *, network: str = "local-net", ho
     return props
 
 
+PUBLIC_NETWORK = "cluster-ai-prod-head-public"
+EGRESS_SUBJECT = "CN=head-egress,OU=egress,O=cluster-ai"
+PROMETHEUS_SUBJECT = "CN=head-prometheus,OU=prometheus,O=cluster-ai"
+
+
+def edge_caddyfile_text() -> str:
+    """A worker edge's Caddyfile: Ollama's inference API for the egress, one metrics route for Prometheus."""
+    from components.caddy import Grant, Route, edge_caddyfile, ollama_grants
+
+    return edge_caddyfile(
+        [
+            Route("/ollama", "ollama:11434", grants=ollama_grants([EGRESS_SUBJECT])),
+            Route("/metrics/node", "node-exporter:9100", grants=(Grant((PROMETHEUS_SUBJECT,)),)),
+        ]
+    )
+
+
+def ungranted_route_caddyfile() -> str:
+    """The edge's Caddyfile with its metrics route's client match taken out: any CA client gets through."""
+    line = f'\t\t\tvars {{http.request.tls.client.subject}} "{PROMETHEUS_SUBJECT}"\n'
+    text = edge_caddyfile_text()
+    assert line in text, "the fixture's metrics route grants Prometheus by subject"
+    return text.replace(line, "")
+
+
+def edge_props(stack: str, caddyfile: str | None = None) -> dict[str, Any]:
+    """The edge container with its Caddyfile upload (components/caddy.py `TlsEdge`)."""
+    props = container_props(stack, "edge", command=["caddy", "run"], network="gpu1-net", host="gpu1")
+    props["uploads"] = [
+        {
+            "file": "/run/secrets/Caddyfile",
+            "content": edge_caddyfile_text() if caddyfile is None else caddyfile,
+            "permissions": "0400",
+            "owner": "1000",
+            "group": "1000",
+        }
+    ]
+    return props
+
+
 def dev_stack() -> dict[str, Subject]:
     """One compliant resource of each kind, in a dev stack (one local Docker host)."""
     stack = "dev"
@@ -275,11 +315,29 @@ def prod_stack() -> dict[str, Subject]:
                 stack,
                 "webui",
                 envs=["OLLAMA_BASE_URLS=http://egress:11500;http://egress:11501", "WEBUI_URL=https://ai.example.com"],
-                network="head-net",
+                network=PUBLIC_NETWORK,
                 host="head",
             ),
             **on,
         ),
+        # The head's public network (components/host.py), found by its purpose label.
+        "public-network": _subject(
+            stack,
+            NETWORK,
+            "head-public",
+            {
+                "name": PUBLIC_NETWORK,
+                "driver": "bridge",
+                "internal": False,
+                "labels": [
+                    {"label": "cluster-ai.network", "value": "public"},
+                    {"label": "cluster-ai.stack", "value": stack},
+                ],
+            },
+            **on,
+        ),
+        # A worker host's TLS edge: its Caddyfile, as components/caddy.py writes it, among its uploads.
+        "edge": _subject(stack, CONTAINER, "edge-gpu1", edge_props(stack), **on),
         "sync": _subject(
             stack,
             CONTAINER,

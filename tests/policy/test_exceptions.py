@@ -39,11 +39,14 @@ def _report(mutate: Any, config: dict[str, Any] | None = None) -> Report:
 
 
 ROOT_MOUNT = {"type": "bind", "source": "/", "target": "/host", "readOnly": True}
+# As the node exporter declares it: the host's socket directories masked under its root mount
+# (engine-socket-not-reachable refuses the root mount without them).
+SOCKET_MASKS = {"/host/run": "rw,noexec,nosuid,size=1m", "/host/var/run": "rw,noexec,nosuid,size=1m"}
 
 # (service, what it does that others may not, the rule whose exception allows it)
 GRANTED = [
     ("node-exporter", {"pidMode": "host"}, "host-pid-namespace-not-shared"),
-    ("node-exporter", {"mounts": [ROOT_MOUNT]}, "sensitive-host-paths-not-mounted"),
+    ("node-exporter", {"mounts": [ROOT_MOUNT], "tmpfs": SOCKET_MASKS}, "sensitive-host-paths-not-mounted"),
     ("dcgm-exporter", {"gpus": "all"}, "host-devices-not-exposed"),
     ("ollama", {"gpus": "all"}, "host-devices-not-exposed"),
     ("webui", {"readOnly": False}, "root-filesystem-read-only"),
@@ -93,7 +96,7 @@ def test_withdrawing_the_exception_in_config_makes_the_rule_fire(
 
 
 def test_an_exempted_host_path_must_stay_read_only() -> None:
-    report = _report(_as("node-exporter", mounts=[{**ROOT_MOUNT, "readOnly": False}]))
+    report = _report(_as("node-exporter", mounts=[{**ROOT_MOUNT, "readOnly": False}], tmpfs=SOCKET_MASKS))
     assert report.fired() == {"sensitive-host-paths-not-mounted"}
     assert "may mount host path / only read-only" in report.violations[0].message
 

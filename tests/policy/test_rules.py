@@ -13,11 +13,14 @@ from policies.pack import all_rules, rule
 from tests.policy.fixtures import (
     DIGEST,
     MODEL_DIGEST,
+    PUBLIC_NETWORK,
     broken,
     dev_stack,
+    edge_props,
     port,
     prod_stack,
     sync_props,
+    ungranted_route_caddyfile,
 )
 
 
@@ -225,6 +228,20 @@ CASES = [
          _set("host", "unix:///var/run/docker.sock"), "prod reaches every host over ssh://"),
     Case("http-across-hosts", "encrypted-transport-in-prod", "prod", "webui",
          _append("envs", "EXTRA_URL=http://192.0.2.11:11434"), "sends http:// to 192.0.2.11 (EXTRA_URL)"),
+    # The host's root read-only without /run masked: the socket is still connect()-able (issue 12).
+    Case("root-holds-socket", "engine-socket-not-reachable", "dev", "scheduler",
+         _append("mounts", {**BIND, "source": "/"}), "which holds the engine's socket /var/run/docker.sock",
+         config={"sensitive-host-paths-not-mounted": {"exemptions": {
+             "dask-scheduler": {"reason": "this case isolates the socket rule", "paths": ["/"]}}}}),
+    Case("supplementary-gid", "no-supplementary-groups", "dev", "scheduler", _set("groupAdds", ["999"]),
+         "joins supplementary group 999"),
+    # An edge route that serves any certificate of the CA (issue 12): tests/policy/test_segmentation.py has more.
+    Case("ungranted-edge-route", "edge-routes-name-their-clients", "prod", "edge",
+         _set("uploads", edge_props("prod", ungranted_route_caddyfile())["uploads"]),
+         "route 'handle_path /metrics/node*' names no client certificate subject it serves"),
+    Case("scheduler-on-public-network", "only-front-services-on-public-network", "prod", "scheduler",
+         _set("networksAdvanced", [{"name": "head-net"}, {"name": PUBLIC_NETWORK}]),
+         "dask-scheduler (dask-scheduler) joins the public network cluster-ai-prod-head-public"),
 ]  # fmt: skip
 
 STACKS = {"dev": dev_stack, "prod": prod_stack}

@@ -138,6 +138,8 @@ def make_workspace(base: Path, stack_config: Mapping[str, Any], engine: Mapping[
         "PULUMI_CONFIG_PASSPHRASE_FILE": str(passphrase),
         "PULUMI_SKIP_UPDATE_CHECK": "true",
         "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
+        # The language host runs this interpreter (docs/engine.md): this checkout's venv.
+        "PULUMI_PYTHON_CMD": str(REPO / ".venv" / "bin" / "python"),
     }
     workspace = Workspace(base, stack, env)
     login = workspace._run(["pulumi", "login", f"file://{state}"], 60, None)

@@ -223,3 +223,92 @@ def write_tiny_model(path: Path, seed: int = 0) -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+# -- a model registry that redirects blob downloads ----------------------------------------
+
+
+@dataclass
+class ModelRegistry:
+    """Debian's docker-registry on loopback, with blob downloads redirected to a file server.
+
+    Ollama pulls a blob by asking the registry for it and following the redirect
+    to another host (its own registry sends it to a CDN; a private registry on
+    object storage does the same): it refuses a registry that serves blobs
+    itself ("no Location header", server/download.go). The registry's `redirect`
+    storage middleware sends each blob GET to a file server over its storage
+    directory, named `localhost` so that Ollama sees another host.
+    """
+
+    port: int
+    files_port: int
+    address: str = "127.0.0.1"
+
+    @property
+    def host(self) -> str:
+        return f"{self.address}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+
+@contextmanager
+def model_registry(address: str = "127.0.0.1") -> Iterator[ModelRegistry]:
+    """The registry on `address` (loopback, or an address containers reach, e.g. docker0's).
+
+    Off loopback the redirect goes to the same address (another port): inside a
+    container `localhost` is the container itself.
+    """
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from tests.support.registry import BINARY
+
+    root = Path(tempfile.mkdtemp(prefix="cluster-ai-model-registry-"))
+    (root / "data").mkdir()
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    files = ThreadingHTTPServer((address, 0), functools.partial(Quiet, directory=str(root / "data")))
+    files.daemon_threads = True
+    thread = threading.Thread(target=files.serve_forever, daemon=True)
+    thread.start()
+    registry = ModelRegistry(free_port(), int(files.server_address[1]), address)
+    files_host = "localhost" if address == "127.0.0.1" else address
+    (root / "config.yml").write_text(
+        "version: 0.1\n"
+        "log:\n  level: warn\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n  delete:\n    enabled: true\n"
+        "middleware:\n  storage:\n    - name: redirect\n"
+        f"      options:\n        baseurl: http://{files_host}:{registry.files_port}\n"
+        f"http:\n  addr: {address}:{registry.port}\n"
+    )
+    log = (root / "log").open("wb")
+    process = subprocess.Popen([BINARY, "serve", str(root / "config.yml")], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                if httpx.get(f"{registry.url}/v2/", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"docker-registry did not start: {(root / 'log').read_text(errors='replace')}")
+            time.sleep(0.2)
+        yield registry
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        log.close()
+        files.shutdown()
+        files.server_close()
+        shutil.rmtree(root, ignore_errors=True)

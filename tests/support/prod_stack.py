@@ -4,17 +4,23 @@ A multi-host stack requires IP addresses; the whole 127.0.0.0/8 is loopback on
 Linux, so the head and two GPU nodes get 127.0.0.1, 127.0.0.2 and 127.0.0.3:
 every address the program writes into a command line, a certificate or a
 Caddyfile is then one this machine answers on. Everything else is
-`Pulumi.prod.yaml` as shipped. The GPU nodes' memory keeps each Dask worker's
+`Pulumi.prod.yaml` as shipped, except `environment`: the schema refuses a prod
+host on a loopback address (prod's root bootstrap and drop-policy firewall would
+run on the machine running Pulumi), so the plan is evaluated as a multi-host dev
+stack, which declares the same TLS edges, egress, proxy and Dask-over-TLS
+command lines (only volume protection and the strict pin checks differ). The GPU nodes' memory keeps each Dask worker's
 limit (what is left after Ollama's 32 GB) below this machine's RAM, which
 distributed would otherwise cap.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
-from infra.config import NAMESPACE
+from infra.config import NAMESPACE, Images, parse_image
 from stacks.mocks import Evaluation
 from stacks.plan import evaluate_stack
 
@@ -37,6 +43,23 @@ HOSTS: list[dict[str, Any]] = [
 
 def loopback_prod(**config: Any) -> Evaluation:
     """The prod plan with the loopback hosts; `config` overrides other keys (`proxy={...}`)."""
-    overrides = {f"{NAMESPACE}:hosts": json.dumps(HOSTS)}
+    overrides = {f"{NAMESPACE}:hosts": json.dumps(HOSTS), f"{NAMESPACE}:environment": "dev"}
     overrides.update({f"{NAMESPACE}:{key}": json.dumps(value) for key, value in config.items()})
     return evaluate_stack("prod", overrides=overrides)
+
+
+def test_digest(reference: str) -> str:
+    """A digest for tests only: sha256 of the reference's text. Test data, never a claim
+    about what any registry serves."""
+    return "sha256:" + hashlib.sha256(reference.encode()).hexdigest()
+
+
+def as_locked(config: Mapping[str, str]) -> dict[str, str]:
+    """A stack's flat config with every unpinned image pinned by a test digest, as
+    `python -m stacks lock` would leave it (the shipped Pulumi.prod.yaml carries no
+    made-up digests, so the plan refuses it until it is locked)."""
+    key = f"{NAMESPACE}:images"
+    images = json.loads(config.get(key) or "{}")
+    merged = {k: images.get(k, ref) for k, ref in Images().items()} | images
+    locked = {k: ref if parse_image(ref).digest else f"{ref}@{test_digest(ref)}" for k, ref in merged.items()}
+    return {**config, key: json.dumps(locked)}

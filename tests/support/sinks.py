@@ -13,6 +13,7 @@ escapes its quotes adds commands, lines or routes.
 from __future__ import annotations
 
 import base64
+import datetime
 import functools
 import json
 import re
@@ -22,6 +23,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from stacks.mocks import Evaluation
 
@@ -134,13 +140,21 @@ SECRETS_DIR = "/run/secrets/"
 @functools.cache
 def _test_ca_pem() -> str:
     """A throwaway self-signed certificate: adapting a Caddyfile reads the CA files it names."""
-    with tempfile.TemporaryDirectory() as d:
-        result = _run(
-            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-             "-keyout", f"{d}/key.pem", "-out", f"{d}/ca.pem", "-days", "1", "-subj", "/CN=sinks-test-ca"]
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr
-        return Path(f"{d}/ca.pem").read_text()
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sinks-test-ca")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM).decode()
 
 
 def caddy_structure(caddyfile: str) -> Any:

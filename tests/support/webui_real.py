@@ -8,8 +8,10 @@ What is the project's and what is the image's:
   (`/run/secrets/env.NAME`, the loader's input, mode 0400).
 - The image's, stood in for here: `start.sh` is the image's start command; in
   the image it runs `uvicorn open_webui.main:app --host 0.0.0.0 --port 8080
-  --forwarded-allow-ips '*'` in /app/backend. `START_SH` runs the same uvicorn
-  command from the venv (on loopback). `IMAGE_ENV` is the part of the image's
+  --forwarded-allow-ips '*'` in /app/backend, where the image keeps the
+  frontend beside the backend. `start_sh()` runs the pip package's own start
+  command, `open-webui serve` (the same uvicorn app and options, with the
+  package's layout: the frontend inside it), on loopback. `IMAGE_ENV` is the part of the image's
   `ENV` lines that Open WebUI reads (an empty WEBUI_SECRET_KEY among them, which
   the loader must override).
 - The translation from the container to this machine, and nothing else:
@@ -32,7 +34,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -75,12 +76,8 @@ def available() -> str | None:
 
 
 def start_sh(port: int) -> list[str]:
-    """The stand-in for the image's `bash start.sh`: its uvicorn command, from the venv, on loopback."""
-    return [
-        str(venv() / "bin" / "python"), "-m", "uvicorn", "open_webui.main:app",
-        "--host", "127.0.0.1", "--port", str(port),
-        "--forwarded-allow-ips", "*", "--workers", "1",
-    ]  # fmt: skip
+    """The stand-in for the image's `bash start.sh`: the pip package's `open-webui serve`, on loopback."""
+    return [str(venv() / "bin" / "open-webui"), "serve", "--host", "127.0.0.1", "--port", str(port)]
 
 
 # -- what the plan declares -------------------------------------------------------
@@ -163,7 +160,9 @@ class WebUI:
                 self.process.wait(STOP_TIMEOUT_S)
 
 
-def install_uploads(declared: Declared, root: Path, addresses: Addresses, replace: Mapping[str, str] | None = None) -> None:
+def install_uploads(
+    declared: Declared, root: Path, addresses: Addresses, replace: Mapping[str, str] | None = None
+) -> None:
     """Write each declared upload where the translated path puts it, with its declared mode.
 
     `replace` (container path -> content) changes one file's content: a new secret key.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shlex
 from collections.abc import Callable
 
 import pytest
@@ -16,6 +15,8 @@ VOLUME = "docker:index/volume:Volume"
 NETWORK = "docker:index/network:Network"
 PROVIDER = "pulumi:providers:docker"
 PASSWORD = "random:index/randomPassword:RandomPassword"
+HEAD_NODE = "cluster-ai:index:HeadNode"
+WORKER_NODE = "cluster-ai:index:WorkerNode"
 
 DIGEST = "a8b0c51577010a279d933d14c2a8ab4b268079d44c5c8830c0a93900f1827c67"
 # components/monitoring.py: the host's exporters and the head's monitoring stack (tests/unit/test_monitoring.py).
@@ -73,6 +74,7 @@ def test_dev_declares_every_core_service(dev: Evaluation) -> None:
         ("cluster-ai:index:DaskScheduler", "dask-scheduler"),
         ("cluster-ai:index:DaskWorkerPool", "dask-workers-local"),
         ("cluster-ai:index:DockerHost", "local"),
+        ("cluster-ai:index:HeadNode", "local"),
         ("cluster-ai:index:HostExporters", "exporters-local"),
         ("cluster-ai:index:MonitoringStack", "monitoring"),
         ("cluster-ai:index:Ollama", "ollama-local"),
@@ -322,7 +324,9 @@ def test_model_sync_is_a_task_on_ollamas_network_that_pins_the_dev_model(dev: Ev
     assert inputs["user"] == "65534:65534" and inputs["readOnly"] is True, sync.urn
     ollama = containers(dev)["ollama-local"]
     assert ollama.urn in sync.dependencies, f"{sync.urn} must wait for Ollama"
-    assert network_names_of(sync) == network_names_of(ollama), f"{sync.urn} is not on Ollama's network"
+    # The sync dials `ollama` on the host's network, where Ollama carries that alias.
+    assert network_names_of(sync) == ["cluster-ai-dev-local"], f"{sync.urn} is not on the host's network"
+    assert "ollama" in aliases_on(ollama)["cluster-ai-dev-local"], f"{ollama.urn} has no alias on the host's network"
     assert sync.replacement_trigger is not None and ollama.outputs.get("id", f"{ollama.name}-id") in str(
         sync.replacement_trigger
     ), f"{sync.urn}: a new Ollama container must replace (re-run) the sync"
@@ -335,15 +339,24 @@ def test_dev_stack_needs_no_command_provider(dev: Evaluation) -> None:
 
 
 def test_every_resource_is_parented_to_a_component(dev: Evaluation) -> None:
+    """The one host is one node at the top; each service component hangs under it; every
+    resource under a component carries the component's name (stack-level secrets aside)."""
     components = {r.urn: r for r in dev if not r.custom}
+    nodes = [r for r in components.values() if r.type in (HEAD_NODE, WORKER_NODE)]
+    assert [(n.type, n.name) for n in nodes] == [(HEAD_NODE, "local")], "dev is one host: one node"
     for r in dev:
         if not r.custom:
-            assert r.parent and r.parent.endswith("::cluster-ai-dev"), f"{r.urn} is not a top-level component"
+            if r.type in (HEAD_NODE, WORKER_NODE):
+                assert r.parent and r.parent.endswith("::cluster-ai-dev"), f"{r.urn}: a node is top-level"
+            else:
+                assert r.parent == nodes[0].urn, f"{r.urn} is not under the host's node"
         elif r.name == "webui-admin-password":
             continue  # a stack-level secret, generated when adminPassword is unset
         else:
             parent = components.get(r.parent or "")
-            assert parent is not None, f"{r.urn} is not parented to a component"
+            assert parent is not None and parent.type not in (HEAD_NODE, WORKER_NODE), (
+                f"{r.urn} is not parented to a service component"
+            )
             assert r.name.startswith(parent.name), f"{r.urn}: child names start with the component's name"
 
 
@@ -373,3 +386,21 @@ def test_plan_text_redacts_every_secret(dev: Evaluation) -> None:
     webui = next(r for r in document["resources"] if r["name"] == "webui" and r["type"] == CONTAINER)
     assert webui["inputs"]["uploads"] == "[secret]"
     assert contains_secret(containers(dev)["webui"].inputs["uploads"])
+
+
+def test_dev_head_networks_keep_open_webui_and_grafana_to_what_they_use(dev: Evaluation) -> None:
+    from tests.support.networks import attachments, dials, reachable_aliases
+
+    nets = attachments(dev)
+    assert set(nets["webui"]) == {"public", "data", "inference"}, containers(dev)["webui"].urn
+    assert set(nets["ollama-local"]) == {"host", "inference"}, containers(dev)["ollama-local"].urn
+    assert nets["ollama-local"]["inference"] == ["ollama"], "Open WebUI dials ollama:11434 on the inference network"
+    assert set(nets["monitoring-grafana"]) == {"public", "observe"}, containers(dev)["monitoring-grafana"].urn
+    public = sorted(name for name, joined in nets.items() if "public" in joined)
+    # No proxy in dev: Open WebUI and Grafana publish on loopback from the public network.
+    assert public == ["monitoring-blackbox", "monitoring-grafana", "webui"]
+    assert reachable_aliases(dev, "webui") == {"postgres", "redis", "ollama", "grafana"}
+    assert reachable_aliases(dev, "monitoring-grafana") == {"prometheus", "loki", "alertmanager", "webui"}
+    for client, alias in [("ollama-local-model-sync", "ollama"), ("dask-workers-local-0", "scheduler"),
+                          ("monitoring-prometheus", "dask-workers-local-0"), ("monitoring-blackbox", "ollama")]:  # fmt: skip
+        assert dials(dev, client, alias), f"{containers(dev)[client].urn} cannot reach {alias}"

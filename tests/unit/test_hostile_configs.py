@@ -268,9 +268,13 @@ def test_ipv6_hosts_are_bracketed_in_every_url() -> None:
     evaluation = _evaluate(doc)
     provider = evaluation.named("gpu1-docker").plain_inputs()
     assert provider["host"] == "ssh://cluster-ai@[2001:db8::11]:22", provider["host"]
-    egress = next(r for r in evaluation.by_type("docker:index/container:Container") if r.name == "egress-files")
-    caddyfile = next(u["content"] for u in egress.plain_inputs()["uploads"] if u["file"].endswith("Caddyfile"))
-    assert "https://[2001:db8::11]:8443" in caddyfile, caddyfile
+    caddyfiles = [
+        str(u["content"])
+        for r in evaluation.by_type("docker:index/container:Container")
+        for u in r.plain_inputs().get("uploads") or []
+        if str(u.get("file", "")).endswith("Caddyfile")
+    ]
+    assert any("https://[2001:db8::11]:8443" in c for c in caddyfiles), "the egress's upstream is not bracketed"
     for r in evaluation.by_type("docker:index/container:Container"):
         for part in r.plain_inputs().get("command") or []:
             assert "tls://2001:" not in str(part), f"{r.urn}: unbracketed IPv6 in {part}"
@@ -355,3 +359,71 @@ def test_yaml_1_1_words_are_text_as_pulumi_reads_them(tmp_path: Path) -> None:
     assert any("environment: must be one of 'dev' or 'prod', got 'yes'" in p for p in caught.value.problems), (
         caught.value.problems
     )
+
+
+# --- digests: no made-up one anywhere ------------------------------------------------------
+
+SHIPPED_UNPINNED = {"dask", "webui", "redis", "dcgmExporter", "redisExporter"}
+
+
+def test_the_shipped_prod_example_is_refused_until_locked_naming_each_image() -> None:
+    """Pulumi.prod.yaml holds only digests that were published; the rest it leaves to `lock`."""
+    stack_config = read_stack_config("prod")
+    with pytest.raises(ConfigError) as caught:
+        load_spec(stack_config.config, stack_config.secret_keys)
+    named = {p.split(":", 2)[1].removeprefix("images.") for p in caught.value.problems}
+    assert named == SHIPPED_UNPINNED, caught.value.problems
+    assert all("run `python -m stacks lock prod`" in p for p in caught.value.problems)
+
+
+@pytest.mark.parametrize(
+    "placeholder",
+    [
+        "0" * 64,
+        "0123456789abcdef" * 4,
+        "deadbeef" * 8,
+        "5f0e2d1f8b6c3a9e7d4c2b1a0f9e8d7c6b5a4938271605f4e3d2c1b0a9f8e7d6",
+        "9c1a3e5b7d9f1a3c5e7b9d1f3a5c7e9b1d3f5a7c9e1b3d5f7a9c1e3b5d7f9a1c",
+    ],
+)
+def test_prod_refuses_a_placeholder_digest_naming_the_key(placeholder: str) -> None:
+    doc = base()
+    doc["images"]["caddy"] = doc["images"]["caddy"].split("@")[0] + "@sha256:" + placeholder
+    doc["models"][0]["digest"] = placeholder
+    with pytest.raises(ConfigError) as caught:
+        load_spec(encode(doc))
+    problems = caught.value.problems
+    assert any(p.startswith("cluster-ai:images.caddy: sha256:") and "placeholder" in p for p in problems), problems
+    assert any(p.startswith("cluster-ai:models[0].digest: ") and "placeholder" in p for p in problems), problems
+
+
+def test_real_digests_are_not_taken_for_placeholders() -> None:
+    """The digests the shipped stack keeps, and 10,000 computed ones, all pass."""
+    from infra.config import looks_made_up
+
+    shipped = [
+        ref.split("@sha256:")[1]
+        for ref in json.loads(read_stack_config("prod").config[NS + "images"]).values()
+        if "@" in ref
+    ]
+    assert len(shipped) == 12
+    computed = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(10_000)]
+    assert [d for d in shipped + computed if looks_made_up(d)] == []
+
+
+# --- what the text plan shows a reviewer ------------------------------------------------------
+
+
+def test_the_text_plan_shows_every_command_script_and_its_decoded_ruleset() -> None:
+    from stacks.plan import render_text
+
+    evaluation = _evaluate(base())
+    text = render_text(evaluation)
+    block = text.split("gpu1-bootstrap-run", 1)[1].split("command:remote:Command", 1)[0]
+    assert "stdin:\n" in block and "| set -euo pipefail" in block, block[:800]
+    assert "stdin FIREWALL_B64 (decoded):" in block and "| table inet cluster_ai {" in block, block[:800]
+    assert "chain input" in block and "policy drop" in block
+    drain = text.split("dask-workers-gpu1-drain", 1)[1]
+    assert "create:\n" in drain and "delete:\n" in drain
+    for line in text.splitlines():
+        assert line.replace("\t", " ").isprintable(), f"a control character in the plan: {line!r}"

@@ -343,3 +343,160 @@ def test_every_edge_route_names_its_only_clients() -> None:
             else:
                 assert prefix == "/loki/api/v1/push" and subjects == shippers, f"{edge.urn} {prefix}: {subjects}"
                 assert "method POST" in block, edge.urn
+
+
+# -- one node component per machine ----------------------------------------------------
+
+HEAD_NODE = "cluster-ai:index:HeadNode"
+WORKER_NODE = "cluster-ai:index:WorkerNode"
+
+
+def test_the_top_of_the_tree_is_one_node_per_host_and_the_cluster_wide_pieces(cluster: tuple[int, Evaluation]) -> None:
+    n, ev = cluster
+    top = sorted((r.type, r.name) for r in ev if r.parent and r.parent.endswith("::cluster-ai-prod"))
+    assert top == sorted(
+        [
+            ("cluster-ai:index:CertificateAuthority", "cluster-ca"),
+            ("cluster-ai:index:CertificateAuthority", "dask-ca"),
+            (HEAD_NODE, "head"),
+            *((WORKER_NODE, f"gpu{i}") for i in range(1, n + 1)),
+            # Stack secrets, exported: the dashboard's basic-auth password and Open WebUI's admin's.
+            ("random:index/randomPassword:RandomPassword", "dask-dashboard-password"),
+            ("random:index/randomPassword:RandomPassword", "webui-admin-password"),
+        ]
+    ), top
+
+
+def test_everything_placed_on_a_host_is_under_that_hosts_node(cluster: tuple[int, Evaluation]) -> None:
+    from tests.support.networks import node_of
+
+    n, ev = cluster
+    host_of_provider = {p.urn: p.name.removesuffix("-docker") for p in ev.by_type(PROVIDER)}
+    address = {h["name"]: h["address"] for h in prod_hosts(n)}
+    placed = 0
+    for r in ev:
+        if r.type == PROVIDER:
+            host = host_of_provider[r.urn]
+        elif r.type.startswith("docker:"):
+            host = host_of_provider[r.provider_urn or ""]
+        elif r.type == REMOTE_COMMAND and not r.name.endswith("-drain"):
+            host = next(h for h, a in address.items() if a == r.inputs["connection"].value["host"])
+        else:
+            continue
+        node = node_of(ev, r)
+        assert node is not None and node.name == host, f"{r.urn} is placed on {host} but sits under {node}"
+        placed += 1
+    assert placed > 20 * (n + 1), placed
+
+
+def test_a_leaving_hosts_drain_belongs_to_its_node_and_runs_on_the_head() -> None:
+    from tests.support.networks import node_of
+
+    ev = prod(2)
+    drain = ev.named("dask-workers-gpu2-drain")
+    node = node_of(ev, drain)
+    assert node is not None and node.name == "gpu2", f"{drain.urn}: {node}"
+    assert drain.inputs["connection"].value["host"] == "192.0.2.10", drain.urn
+
+
+# -- the head's networks ---------------------------------------------------------------
+
+# What each head container joins, by network purpose (components/host.py NETWORK_PURPOSES;
+# `host` is the host's own private network). docs/architecture.md says why.
+PROD_HEAD_NETWORKS = {
+    "proxy": {"public", "dashboard"},
+    "webui": {"public", "data", "inference"},
+    "monitoring-grafana": {"public", "observe"},
+    "monitoring-blackbox": {"host", "public"},
+    "monitoring-prometheus": {"host", "observe"},
+    "monitoring-alertmanager": {"host", "observe"},
+    "monitoring-loki": {"host", "observe"},
+    "monitoring-postgres-exporter": {"host", "data"},
+    "monitoring-redis-exporter": {"host", "data"},
+    "postgres": {"data"},
+    "redis": {"data"},
+    "postgres-backup": {"data"},
+    "egress": {"inference", "egress"},
+    "dask-scheduler": {"host", "dashboard"},
+    "edge-head": {"host"},
+    "exporters-head-node-exporter": {"host"},
+    "exporters-head-cadvisor": {"host"},
+    "exporters-head-alloy": {"host"},
+    "exporters-head-backup-metrics": {"host"},
+}
+
+
+def test_each_head_container_joins_exactly_its_networks() -> None:
+    from tests.support.networks import attachments, host_of
+
+    ev = prod(2)
+    nets = attachments(ev)
+    containers = {c.name: c for c in ev.by_type(CONTAINER)}
+    head = {name: set(joined) for name, joined in nets.items() if host_of(containers[name]) == "head"}
+    assert head == PROD_HEAD_NETWORKS
+    for name, joined in nets.items():
+        if host_of(containers[name]) != "head":
+            assert set(joined) == {"host"}, f"{containers[name].urn}: a worker host has one network"
+
+
+def test_only_the_proxy_webui_grafana_and_the_prober_are_on_the_public_network() -> None:
+    from tests.support.networks import attachments
+
+    ev = prod(2)
+    public = sorted(name for name, joined in attachments(ev).items() if "public" in joined)
+    assert public == ["monitoring-blackbox", "monitoring-grafana", "proxy", "webui"]
+    internal = {
+        n.plain_inputs()["name"]: n.plain_inputs()["internal"] for n in ev.by_type("docker:index/network:Network")
+    }
+    assert internal == {
+        "cluster-ai-prod-head": False,
+        "cluster-ai-prod-head-public": False,
+        "cluster-ai-prod-head-data": True,
+        "cluster-ai-prod-head-inference": True,
+        "cluster-ai-prod-head-observe": True,
+        "cluster-ai-prod-head-dashboard": True,
+        # The egress's own route to the edges: nothing else joins it.
+        "cluster-ai-prod-head-egress": False,
+        "cluster-ai-prod-gpu1": False,
+        "cluster-ai-prod-gpu2": False,
+    }
+
+
+def test_public_facing_services_reach_only_what_they_use() -> None:
+    from tests.support.networks import reachable_aliases
+
+    ev = prod(2)
+    # Open WebUI: its database, Redis and the egress; the proxy and Grafana share the public network.
+    assert reachable_aliases(ev, "webui") == {"postgres", "redis", "egress", "proxy", "grafana"}
+    # Grafana: Prometheus, Loki, Alertmanager; and the public network's proxy and Open WebUI.
+    assert reachable_aliases(ev, "monitoring-grafana") == {"prometheus", "loki", "alertmanager", "proxy", "webui"}
+    # The proxy: its upstreams only (the Dask dashboard on a network of their own).
+    assert reachable_aliases(ev, "proxy") == {"webui", "grafana", "scheduler"}
+    # The egress takes requests from Open WebUI alone.
+    for name in ("monitoring-prometheus", "monitoring-grafana", "proxy", "dask-scheduler", "exporters-head-alloy"):
+        assert "egress" not in reachable_aliases(ev, name), f"{name} reaches the egress"
+
+
+def test_every_alias_a_head_container_dials_is_on_a_network_it_shares() -> None:
+    """What each component dials (its code and generated configs), resolved on the plan's networks."""
+    from tests.support.networks import dials
+
+    ev = prod(2)
+    needs = {
+        "proxy": ["webui", "grafana", "scheduler"],
+        "webui": ["postgres", "redis", "egress"],
+        "monitoring-grafana": ["prometheus", "loki", "alertmanager"],
+        "monitoring-prometheus": [
+            "node-exporter", "cadvisor", "alloy", "scheduler", "postgres-exporter", "redis-exporter",
+            "alertmanager", "loki", "blackbox-exporter",
+        ],
+        "monitoring-blackbox": ["webui", "scheduler", "grafana", "proxy"],
+        "monitoring-postgres-exporter": ["postgres"],
+        "monitoring-redis-exporter": ["redis"],
+        "postgres-backup": ["postgres"],
+        "edge-head": ["loki"],
+        "exporters-head-alloy": ["loki"],
+    }  # fmt: skip
+    for client, aliases in needs.items():
+        for alias in aliases:
+            assert dials(ev, client, alias), f"{client} (container) cannot reach {alias}"

@@ -102,7 +102,7 @@ process_init_files() {
 		case "$f" in
 			*.sh) echo "running $f"; . "$f" ;;
 			*.sql) echo "running $f"; psql_run --dbname "$POSTGRES_DB" -f "$f" ;;
-			*) [ -e "$f" ] && echo "ignoring $f" ;;
+			*) if [ -e "$f" ]; then echo "ignoring $f"; fi ;;
 		esac
 	done
 }

@@ -17,8 +17,8 @@ import (
 	"github.com/pulumi/pulumi-terraform-bridge/v3/pkg/tfbridge/tokens"
 	shimv2 "github.com/pulumi/pulumi-terraform-bridge/v3/pkg/tfshim/sdk-v2"
 
-	dockershim "github.com/terraform-providers/terraform-provider-docker/shim"
 	tlsshim "github.com/hashicorp/terraform-provider-tls/shim"
+	dockershim "github.com/terraform-providers/terraform-provider-docker/shim"
 	randomshim "github.com/terraform-providers/terraform-provider-random/shim"
 )
 
@@ -118,5 +118,8 @@ func Docker() tfbridge.ProviderInfo {
 	}
 	// Anything the upstream adds later gets the standard token.
 	prov.MustComputeTokens(tokens.SingleModule("docker_", "index", tokens.MakeStandard("docker")))
+	// As pulumi-docker: a `name` left unset is the resource name plus a random suffix
+	// (containers, networks, volumes), so two stacks on one engine never collide.
+	prov.SetAutonaming(255, "-")
 	return prov
 }

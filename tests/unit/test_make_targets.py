@@ -1,0 +1,52 @@
+"""`make up`/`make preview` apply the policy pack, and a failing recipe says the command's own exit code.
+
+make itself always exits 2 when a recipe fails; the Makefile prints the command's
+code and what it means (5: a mandatory policy is violated) so users and CI logs
+see the real one. Exercised for real on `make policies` (the offline plan with the
+pack), with a policy config that makes the dev stack violate a mandatory rule.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from stacks.stackfile import REPO
+
+MAKE = shutil.which("make")
+pytestmark = pytest.mark.skipif(MAKE is None, reason="make is not installed")
+
+
+def _make(*args: str) -> subprocess.CompletedProcess[str]:
+    assert MAKE is not None
+    return subprocess.run(
+        [MAKE, "-s", "--no-print-directory", *args], cwd=REPO, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+@pytest.mark.parametrize("target", ["up", "preview"])
+def test_up_and_preview_apply_the_policy_pack(target: str) -> None:
+    recipe = subprocess.run(
+        [str(MAKE), "-n", target, "STACK=dev"], cwd=REPO, capture_output=True, text=True, timeout=60, check=False
+    ).stdout
+    line = next(line for line in recipe.splitlines() if f"pulumi {target} " in line)
+    assert "--policy-pack policies" in line, line
+    assert "the command exited" in line, "a failure must print the command's own exit code"
+
+
+def test_a_mandatory_policy_violation_is_reported_as_exit_5(tmp_path: Path) -> None:
+    config = tmp_path / "policy.json"
+    config.write_text(json.dumps({"images-pinned-by-digest-in-prod": {"strictStacks": ["prod", "dev"]}}))
+    result = _make("policies", "STACK=dev", f"ARGS=--policy-config {config}")
+    assert result.returncode == 2, "make exits 2 on any failing recipe"
+    assert "make policies: the command exited 5 (a mandatory policy is violated)" in result.stderr, result.stderr
+
+
+def test_a_passing_policy_run_prints_no_exit_note() -> None:
+    result = _make("policies", "STACK=dev")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "the command exited" not in result.stderr
