@@ -11,7 +11,7 @@ STATE_DIR := $(CURDIR)/.pulumi-state
 PASSPHRASE_FILE := $(STATE_DIR)/passphrase
 PULUMI_ENV := PULUMI_BACKEND_URL=file://$(STATE_DIR) PULUMI_CONFIG_PASSPHRASE_FILE=$(PASSPHRASE_FILE) PULUMI_SKIP_UPDATE_CHECK=true
 
-.PHONY: up preview destroy check-tools stack-ready test test-unit plan lint bench deps env clean-venv policies-doc policies drift status lock mutation images toolchain ollama webui
+.PHONY: up preview destroy check-tools stack-ready test test-unit plan lint bench bench-converge deps env clean-venv policies-doc policies drift status lock mutation images toolchain ollama webui
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) >&2
@@ -78,7 +78,7 @@ destroy: stack-ready
 	@$(PULUMI_ENV) $(BIN)/python -m stacks destroy $(STACK) $(ARGS)
 
 test: deps
-	$(BIN)/python -m pytest -n auto $(ARGS)
+	$(BIN)/python -m pytest -n auto --dist loadgroup $(ARGS)
 
 test-unit: deps
 	$(BIN)/python -m pytest tests/unit $(ARGS)
@@ -110,6 +110,16 @@ policies-doc: deps
 bench: deps
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/plan_scaling.py $(ARGS)
+	@$(MAKE) --no-print-directory bench-converge ARGS="$(CONVERGE_ARGS)"
+
+# The dev stack's cold up / no-op up / refresh / destroy on the real engine, beside
+# `docker compose up --wait` / `down` of the same containers (needs `make toolchain
+# images`, and no other cluster-ai stack on the engine: same ports). Builds Compose v2
+# with ci/compose.sh; writes bench/converge.json and the converge table of
+# docs/performance.md. `make bench-converge ARGS=--runs=2`; from `make bench`: CONVERGE_ARGS.
+bench-converge: deps
+	bash ci/compose.sh
+	$(BIN)/python bench/converge.py $(ARGS)
 
 # Images the e2e stack (Pulumi.e2e.yaml) runs, built here and pushed to the local
 # registry on 127.0.0.1:5000; a second run skips what is unchanged (docs/images.md).

@@ -49,6 +49,7 @@ cache_key() {
   {
     grep -E '^(PULUMI|TERRAFORM|TF_PROVIDER|CLUSTERAI|ACTIONLINT)_[A-Z_]*=' ci/versions.env
     find ci/providers -type f ! -name '*.pyc' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
+    sha256sum ci/toolchain.sh
     go version
   } | sha256sum | cut -c1-16
 }
@@ -113,8 +114,11 @@ install_python_scripts() {
   local dir
   dir=$(module_dir "github.com/pulumi/pulumi/sdk/v3@v$PULUMI_VERSION")
   install -m 0755 "$dir/python/dist/pulumi-resource-pulumi-python" "$BIN/pulumi-resource-pulumi-python"
-  [ -f "$dir/python/dist/pulumi-analyzer-policy-python" ] &&
-    install -m 0755 "$dir/python/dist/pulumi-analyzer-policy-python" "$BIN/pulumi-analyzer-policy-python"
+  # The analyzer shim (`python -m pulumi.policy`, which pulumi-policy still serves) left
+  # sdk/v3 after the language host did: take it from the host's own sdk version.
+  local shim="$dir/python/dist/pulumi-analyzer-policy-python"
+  [ -f "$shim" ] || shim="$(module_dir "github.com/pulumi/pulumi/sdk/v3@v$PULUMI_LANGUAGE_PYTHON_SDK_VERSION")/python/dist/pulumi-analyzer-policy-python"
+  install -m 0755 "$shim" "$BIN/pulumi-analyzer-policy-python"
   install -m 0755 "$dir/python/cmd/pulumi-language-python-exec" "$BIN/pulumi-language-python-exec"
 }
 

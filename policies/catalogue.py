@@ -63,6 +63,18 @@ runs the pack in this repository's `.venv` (`make deps` installs `pulumi-policy`
 - Stack rules (`{stack_rules}`) see every resource at once and run after the
   resources are registered, on `pulumi up`; `python -m stacks plan --policies`
   runs them on the plan, so a pull request sees them too.
+- Two kinds of container run no service. A run-once task (the model sync: `attach`,
+  `mustRun` false, restart "no") exits when done, so it has no healthcheck. A file
+  holder (`<service>-files`) is created and never started: it carries a service's
+  secret and config uploads into volumes the service mounts read-only, because the
+  engine cannot upload into a read-only root. A holder is recognised by what it is,
+  never by its label: `start` and `mustRun` false, restart "no", network mode `none`
+  and no network, no published port, no host path, no capability added, not
+  privileged. It runs no process, so `containers-run-as-non-root`, `memory-limited`,
+  `cpu-limited`, `root-filesystem-read-only`, `healthcheck-defined` and
+  `dask-on-tls-in-prod` have nothing to check on it; every other rule applies in
+  full. A "holder" that misses any one of those conditions is an ordinary container
+  and gets every rule.
 - The engine shows a policy `protect` but not `retainOnDelete`: the unit tests
   check that prod's data volumes are retained.
 - Prod rules apply to the stacks in their `strictStacks` config (the stack name in

@@ -61,6 +61,36 @@ def _port_number(value: Any) -> int | None:
     return int(n) if n is not None else None
 
 
+# --- containers that never run -------------------------------------------------
+
+
+def is_file_holder(props: Mapping[str, Any]) -> bool:
+    """A container that is created and never started: it only carries uploads into volumes.
+
+    Exactly: `start` and `mustRun` false, restart "no", no network at all, nothing
+    published, no host path, no capability added, not privileged. Such a container runs
+    no process, so the rules about a running process (its user, a read-only root, a
+    healthcheck, CPU and memory limits) have nothing to check; every rule about what a
+    created container holds (its image, mounts, capabilities, privileges, labels) still
+    applies. Anything less than all of these is an ordinary container, checked in full.
+    Restart "no" as well: Docker before 18.06 started a created container whose policy
+    was `always` when the daemon started (moby/moby#36924).
+    """
+    capabilities = mapping(props.get("capabilities"))
+    return (
+        props.get("start") is False
+        and props.get("mustRun") is False
+        and str(props.get("restart") or "no") == "no"
+        and str(props.get("networkMode") or "") == "none"
+        and not items(props.get("networksAdvanced"))
+        and not _ports(props)
+        and props.get("publishAllPorts") is not True
+        and not any(True for _ in host_mounts(props))
+        and not items(capabilities.get("adds"))
+        and props.get("privileged") is not True
+    )
+
+
 # --- 4.1 --------------------------------------------------------------------
 
 
@@ -70,6 +100,8 @@ def _is_root(user: str) -> bool:
 
 
 def containers_run_as_non_root(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if is_file_holder(args.props):
+        return  # never started: no process to run as a user
     config = settings(args, containers_run_as_non_root)
     if exemption(config, service_of(args.props)) is not None:
         return
@@ -273,6 +305,8 @@ def host_user_namespace_not_shared(args: ResourceValidationArgs, report: ReportV
 
 
 def memory_limited(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if is_file_holder(args.props):
+        return  # never started: no process to limit
     config = settings(args, memory_limited)
     memory = number(args.props.get("memory"))
     minimum = float(config.get("minimumMemoryMb", 6))
@@ -283,6 +317,8 @@ def memory_limited(args: ResourceValidationArgs, report: ReportViolation) -> Non
 
 
 def cpu_limited(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if is_file_holder(args.props):
+        return  # never started: no process to limit
     config = settings(args, cpu_limited)
     limits = [number(args.props.get("cpus")), number(args.props.get("cpuQuota"))]
     if config.get("acceptCpuShares"):
@@ -295,6 +331,8 @@ def cpu_limited(args: ResourceValidationArgs, report: ReportViolation) -> None:
 
 
 def root_filesystem_read_only(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if is_file_holder(args.props):
+        return  # never started: no process to write into its root
     config = settings(args, root_filesystem_read_only)
     if exemption(config, service_of(args.props)) is not None:
         return
@@ -366,7 +404,7 @@ def is_task(props: Mapping[str, Any]) -> bool:
 
 
 def healthcheck_defined(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    if is_task(args.props):
+    if is_task(args.props) or is_file_holder(args.props):
         return
     tests = [str(t) for t in items(mapping(args.props.get("healthcheck")).get("tests"))]
     if not tests or tests[0].upper() == "NONE":
@@ -378,9 +416,13 @@ def healthcheck_defined(args: ResourceValidationArgs, report: ReportViolation) -
 
 def default_bridge_not_used(args: ResourceValidationArgs, report: ReportViolation) -> None:
     mode = str(args.props.get("networkMode") or "").lower()
-    if mode in ("bridge", "default"):
+    advanced = items(args.props.get("networksAdvanced"))
+    # The docker provider fills in networkMode 'bridge' (its default) and, when the
+    # container names networks of its own, disconnects it from the default bridge
+    # before it starts: only 'bridge' without networks of its own leaves it there.
+    if mode in ("bridge", "default") and not advanced:
         report(f"{who(args)} is on Docker's default bridge (networkMode {mode!r}): use a user-defined network.")
-    elif not mode and not items(args.props.get("networksAdvanced")):
+    elif not mode and not advanced:
         report(f"{who(args)} joins no user-defined network, so Docker puts it on the default bridge.")
 
 

@@ -26,7 +26,7 @@ from pulumi_policy import (
     StackValidationArgs,
 )
 
-from policies.cis import image_references
+from policies.cis import image_references, is_file_holder
 from policies.model import (
     CONTAINER,
     DOCKER_PROVIDER,
@@ -232,7 +232,8 @@ _TLS_FLAGS = ("--tls-ca-file", "--tls-cert", "--tls-key")
 def dask_on_tls_in_prod(args: ResourceValidationArgs, report: ReportViolation) -> None:
     config = _strict(args, dask_on_tls_in_prod)
     service = service_of(args.props)
-    if service not in (config.get("services") or []):
+    # A file holder carries the service's label but never runs its command.
+    if service not in (config.get("services") or []) or is_file_holder(args.props):
         return
     words = command_words(args.props)
     role = words[1] if len(words) > 1 and words[0] == "dask" else None

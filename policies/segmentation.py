@@ -21,6 +21,7 @@ from typing import Any
 
 from pulumi_policy import EnforcementLevel, Severity, StackValidationArgs
 
+from policies.cis import is_file_holder
 from policies.model import (
     CONTAINER,
     NETWORK,
@@ -38,8 +39,6 @@ from policies.model import (
 )
 
 NETWORK_LABEL = "cluster-ai.network"
-ROLE_LABEL = "cluster-ai.role"
-FILE_HOLDER = "file-holder"
 # The matcher components/caddy.py writes for a grant: the client certificate's subject.
 SUBJECT_MATCH = "vars {http.request.tls.client.subject}"
 
@@ -194,7 +193,9 @@ def edge_routes_name_their_clients(args: StackValidationArgs, report: ReportViol
         if resource.resource_type != CONTAINER:
             continue
         props = resource.props
-        if service_of(props) not in edge_services or labels(props).get(ROLE_LABEL) == FILE_HOLDER:
+        # A holder is skipped by what it is (never started, no network), not by its label:
+        # a running edge that calls itself a holder is still an edge.
+        if service_of(props) not in edge_services or is_file_holder(props):
             continue
         caddyfile = _caddyfile_of(resource.name, containers)
         who = f"{resource.name} ({service_of(props)})"

@@ -276,12 +276,28 @@ def _exit_code(exc: Exception) -> int:
     return code if 0 < code < 256 else EXIT_FAILED
 
 
+# Lines of the CLI's stdout that carry its diagnosis: policy violations, resource errors.
+_DIAGNOSIS = re.compile(r"error|fail|violat|\[mandatory\]|\[advisory\]|policy", re.IGNORECASE)
+
+
 def _last_error_lines(exc: Exception, limit: int = 12) -> str:
-    """The CLI's own diagnosis (its stderr), without the Automation API's wrapping."""
+    """The CLI's own diagnosis, without the Automation API's wrapping.
+
+    The CLI writes resource errors and policy violations to stdout and only a one-line
+    verdict ("error: preview failed") to stderr: both are shown, stdout's diagnostic
+    lines (and the line after each, which says what is wrong) first.
+    """
     text = str(exc)
-    stderr = text.split(" stderr:", 1)[1] if " stderr:" in text else text
-    lines = [line for line in stderr.strip().splitlines() if line.strip()]
-    return "\n".join(lines[-limit:])
+    stdout, _, stderr = text.partition(" stderr:")
+    stdout = stdout.split(" stdout:", 1)[1] if " stdout:" in stdout else ""
+    out_lines = stdout.strip().splitlines()
+    picked: list[str] = []
+    for i, line in enumerate(out_lines):
+        if _DIAGNOSIS.search(line) and not line.lstrip().startswith("warning:"):
+            picked += [line.rstrip(), *(out_lines[i + 1 : i + 2])]
+    err_lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    shown = [line for line in picked if line.strip()][-limit * 2 :] + err_lines[-limit:]
+    return "\n".join(shown)
 
 
 def open_stack(stack: str, *, root: Path, backend: Backend, command: Any, create: bool) -> Any:
@@ -467,13 +483,14 @@ def backup_before_up(
     """Preview; if the plan changes PostgreSQL or Open WebUI and backups are on, dump first."""
     from infra.program import StackConfigError
     from stacks.plan import evaluate_stack
-    from stacks.status import declared_containers
+    from stacks.status import SERVICE, declared_containers
 
     try:
         evaluation = evaluate_stack(args.stack, root=args.root)
     except StackConfigError as exc:
         raise OperationError(str(exc), EXIT_CONFIG) from None
-    backups = [c for c in declared_containers(evaluation) if c.service == BACKUP_SERVICE]
+    # The running backup service, not its file holder (same service label, never started).
+    backups = [c for c in declared_containers(evaluation) if c.service == BACKUP_SERVICE and c.role == SERVICE]
     if not backups:
         return None  # backups are off for this stack
     events: list[Any] = []

@@ -219,6 +219,40 @@ class RecordingMonitor(sdk_mocks.MockMonitor):
         return response
 
 
+CONTAINER = "docker:index/container:Container"
+# components/hardened.py labels the container that carries a service's files (never started).
+ROLE_LABEL = "cluster-ai.role"
+FILE_HOLDER = "file-holder"
+
+
+def labels_of(resource: Resource) -> dict[str, str]:
+    """A container's (or volume's, network's) Docker labels as a dict."""
+    return {str(e["label"]): str(e["value"]) for e in unwrap(resource.inputs.get("labels")) or []}
+
+
+def is_file_holder(resource: Resource) -> bool:
+    """Is `resource` a service's file holder (`<service>-files`), not a service?"""
+    return resource.type == CONTAINER and labels_of(resource).get(ROLE_LABEL) == FILE_HOLDER
+
+
+def _secret_contents(uploads: Any) -> list[dict[str, Any]]:
+    """Uploads as a list, each content a `Secret` when the program marked it (or the whole list) secret.
+
+    The SDK lifts secretness to the top-level property: a list holding one secret element
+    travels as one secret list, so then every upload in it counts as secret.
+    """
+    whole = isinstance(uploads, Secret)
+    listed = uploads.value if whole else uploads or []
+    out = []
+    for upload in listed:
+        upload = dict(upload)
+        content = upload.get("content")
+        if whole and not isinstance(content, Secret):
+            upload["content"] = Secret(content)
+        out.append(upload)
+    return out
+
+
 @dataclass
 class Evaluation:
     """What one run of the program registered, in registration order."""
@@ -245,6 +279,33 @@ class Evaluation:
 
     def children(self, urn: str) -> list[Resource]:
         return [r for r in self.resources if r.parent == urn]
+
+    def files_of(self, container: Resource) -> Resource:
+        """The file holder that carries `container`'s secret and config files into its volumes.
+
+        components/hardened.py declares it beside the service: `<name>-files`, same parent and
+        provider, labelled `cluster-ai.role=file-holder`. KeyError (naming the container) if
+        there is not exactly one.
+        """
+        found = [
+            r
+            for r in self.resources
+            if r.name == f"{container.name}-files" and r.parent == container.parent and is_file_holder(r)
+        ]
+        if len(found) != 1:
+            raise KeyError(f"{container.urn}: {len(found)} file holders, expected one")
+        return found[0]
+
+    def uploads_of(self, container: Resource) -> list[dict[str, Any]]:
+        """The files `container` gets (`{file, content, permissions, ...}`), as its holder carries them.
+
+        Secrets are kept: a content the program marked secret (or that travels in a secret
+        list) is a `Secret`; `unwrap` gives plain values. A container with no holder gets
+        its own `uploads`, if any.
+        """
+        holders = [r for r in self.resources if r.name == f"{container.name}-files" and is_file_holder(r)]
+        source = self.files_of(container) if holders else container
+        return _secret_contents(source.inputs.get("uploads"))
 
     def __iter__(self) -> Iterator[Resource]:
         return iter(self.resources)

@@ -6,9 +6,12 @@ program under the SDK's mocks), never from a hand-kept list:
 - every declared container, on the host its Docker provider points at (unix://
   in dev, ssh:// in prod), found by its labels `cluster-ai.stack` and
   `cluster-ai.container` (Docker's own name carries a random suffix): present,
-  running, healthy (when it declares a healthcheck), and running the pinned image
-  (the container's image id equals what the pinned reference resolves to on that
-  host);
+  in the state its role calls for, and made from the pinned image (the
+  container's image id equals what the pinned reference resolves to on that
+  host). A service runs, healthy when it declares a healthcheck; a run-once task
+  (the model sync) has exited 0, or is still running; a file holder
+  (`<service>-files`, which only carries files into volumes) was created and never
+  started. The role is read from the declaration as the policy pack reads it;
 - Dask: the scheduler answers, with exactly the declared workers (by name) and
   the declared total of `GPU` resources;
 - Ollama: every pinned model present, with the pinned digest (`GET /api/tags`);
@@ -46,6 +49,7 @@ import httpx
 
 from components.backup import BACKUP_DIR, LAST_SUCCESS, max_age_s
 from infra.config import ClusterSpec, load_spec, parse_image
+from policies.cis import is_file_holder, is_task
 from stacks.mocks import Evaluation, Resource
 from stacks.stackfile import REPO, read_stack_config
 
@@ -61,6 +65,14 @@ TIMEOUT_S = 10.0
 OK = "ok"
 FAIL = "FAIL"
 SKIP = "skip"
+
+# What a declared container is for, and so which state is healthy for it.
+SERVICE = "service"
+"""Runs for good: running, and healthy when it declares a healthcheck."""
+TASK = "task"
+"""Runs once (`pulumi up` waits for it): exited 0 when done, or still running."""
+FILE_HOLDER = "file-holder"
+"""Created and never started: it only carries a service's files into volumes."""
 
 
 @dataclass
@@ -130,6 +142,17 @@ class DeclaredContainer:
     labels: Mapping[str, str]
     ssh_opts: tuple[str, ...] = ()
     """The `ssh` options of the host's Docker provider (host key pinned), for `ssh://` hosts."""
+    role: str = SERVICE
+    """SERVICE, TASK or FILE_HOLDER: which state counts as healthy."""
+
+
+def role_of(inputs: Mapping[str, Any]) -> str:
+    """A declared container's role, by the same tests the policy pack applies to its inputs."""
+    if is_file_holder(inputs):
+        return FILE_HOLDER
+    if is_task(inputs):
+        return TASK
+    return SERVICE
 
 
 def _labels(inputs: Mapping[str, Any]) -> dict[str, str]:
@@ -166,6 +189,7 @@ def declared_containers(evaluation: Evaluation) -> list[DeclaredContainer]:
                 command=command,
                 labels=labels,
                 ssh_opts=ssh_opts,
+                role=role_of(inputs),
             )
         )
     return sorted(out, key=lambda c: (c.host, c.name))
@@ -181,7 +205,7 @@ def declared_workers(containers: Sequence[DeclaredContainer]) -> list[DeclaredWo
     """Dask workers by their `--name`, with the `GPU=n` resources they declare."""
     workers = []
     for c in containers:
-        if c.service != "dask-worker":
+        if c.service != "dask-worker" or c.role != SERVICE:
             continue
         flags = list(c.command)
         name = flags[flags.index("--name") + 1] if "--name" in flags else c.name
@@ -235,7 +259,11 @@ def default_endpoints(spec: ClusterSpec, containers: Sequence[DeclaredContainer]
         bind = spec.bind_address
         endpoints.scheduler = f"tcp://{bind}:{spec.ports.scheduler}"
         endpoints.webui = f"http://{bind}:{spec.ports.webui}"
-        endpoints.ollama = {c.host: f"http://{bind}:{spec.ports.ollama}" for c in containers if c.service == "ollama"}
+        endpoints.ollama = {
+            c.host: f"http://{bind}:{spec.ports.ollama}"
+            for c in containers
+            if c.service == "ollama" and c.role == SERVICE
+        }
     if spec.proxy is not None:
         endpoints.proxy = f"https://{spec.proxy.domain}"
     return endpoints
@@ -427,7 +455,7 @@ def check_containers(
             images: dict[str, str | None] = {}
             for c in group:
                 checks.append(_container_check(c, index.get(c.name, []), client, images))
-                if c.service == "backup" and index.get(c.name):
+                if c.service == "backup" and c.role == SERVICE and index.get(c.name):
                     checks.append(_backup_check(c, index[c.name][0], backup_max_age_s, now))
         finally:
             client.close()
@@ -448,6 +476,9 @@ def _container_check(c: DeclaredContainer, matches: list[Any], client: Any, imag
     actual = container.attrs.get("Image")
     data = {
         "present": True,
+        "role": c.role,
+        "status": state.get("Status"),
+        "exitCode": state.get("ExitCode"),
         "running": running,
         "health": health,
         "image": c.image,
@@ -455,19 +486,44 @@ def _container_check(c: DeclaredContainer, matches: list[Any], client: Any, imag
         "pinnedImageId": expected,
         "docker": container.name,
     }
-    problems = []
-    if not running:
-        problems.append(f"not running ({state.get('Status')}, exit {state.get('ExitCode')})")
-    if c.has_healthcheck and health != "healthy":
-        problems.append(f"health {health or 'unknown'}")
+    summary, problems = _state_problems(c, state, health)
     if c.image is not None and expected is None:
         problems.append(f"pinned image {c.image} is not on the host")
     elif expected is not None and actual != expected:
-        problems.append(f"runs {str(actual)[:19]}, not the pinned {c.image} ({expected[:19]})")
+        problems.append(f"made from {str(actual)[:19]}, not the pinned {c.image} ({expected[:19]})")
     data["pinned"] = expected is not None and actual == expected
     if problems:
         return Check("container", c.name, c.host, FAIL, "; ".join(problems), data)
-    return Check("container", c.name, c.host, OK, f"running, {health or 'no healthcheck'}, pinned image", data)
+    return Check("container", c.name, c.host, OK, f"{summary}, pinned image", data)
+
+
+def _state_problems(c: DeclaredContainer, state: Mapping[str, Any], health: str | None) -> tuple[str, list[str]]:
+    """What the container's state means for its role: a summary when healthy, else the problems.
+
+    Docker's `State.Status` is one of created, running, paused, restarting, removing,
+    exited or dead; only a container that was never started is still `created`.
+    """
+    status = str(state.get("Status") or "unknown")
+    exit_code = state.get("ExitCode")
+    if c.role == FILE_HOLDER:
+        if status == "created" and not state.get("Running"):
+            return "created, never started (carries files)", []
+        # Started by someone: it was never meant to run anything.
+        return "", [f"a file holder must never start, but it is {status} (exit {exit_code})"]
+    if c.role == TASK:
+        if status == "exited" and exit_code == 0:
+            return "finished (exit 0)", []
+        if status == "running":
+            return "running (a task, not finished yet)", []
+        if status == "exited":
+            return "", [f"task failed (exit {exit_code})"]
+        return "", [f"task {'never ran' if status == 'created' else status} (exit {exit_code})"]
+    problems = []
+    if not state.get("Running"):
+        problems.append(f"not running ({status}, exit {exit_code})")
+    if c.has_healthcheck and health != "healthy":
+        problems.append(f"health {health or 'unknown'}")
+    return f"running, {health or 'no healthcheck'}", problems
 
 
 def _backup_check(c: DeclaredContainer, container: Any, max_age: int | None, now: float | None) -> Check:

@@ -5,7 +5,8 @@ toolchain` builds from Go modules (tests/support/engine.py finds them); the imag
 are the ones `make images` builds and serves from the local registry on
 127.0.0.1:5000 (Pulumi.e2e.yaml); the model is a tiny GGUF this test writes,
 `ollama create`d by the real Ollama and pushed to a private model registry on the
-Docker bridge's address, where the stack's own Ollama pulls it. Everything runs
+private address of this machine (a dummy interface the test makes), where the
+stack's own Ollama pulls it. Everything runs
 through `python -m stacks` (the Automation API) on a throwaway file backend.
 
 The steps are tests of one module, in order, on one deployment: `up` from
@@ -39,14 +40,28 @@ UP_TIMEOUT_S = 1800
 MODEL_TAG = "1"
 
 
-def bridge_address() -> str:
-    """docker0's address: the host as every container on this engine reaches it."""
-    shown = subprocess.run(
-        ["ip", "-j", "-4", "addr", "show", "docker0"], capture_output=True, text=True, check=True, timeout=10
-    )
-    address = json.loads(shown.stdout)[0]["addr_info"][0]["local"]
-    assert ipaddress.ip_address(address).is_private, address
-    return str(address)
+# Two addresses of a dummy interface this test makes on this machine (traffic to them
+# never leaves it): containers reach the host through their gateway, and Ollama needs
+# its registry and the registry's blob host under two different names.
+MODEL_LINK = "cai-e2e-models"
+MODEL_REGISTRY_ADDRESS = "10.213.77.1"
+MODEL_FILES_ADDRESS = "10.213.77.2"
+
+
+@pytest.fixture(scope="module")
+def model_addresses() -> Iterator[tuple[str, str]]:
+    for address in (MODEL_REGISTRY_ADDRESS, MODEL_FILES_ADDRESS):
+        assert ipaddress.ip_address(address).is_private, address
+    ip = ["ip", "link", "add", MODEL_LINK, "type", "dummy"]
+    subprocess.run(["ip", "link", "del", MODEL_LINK], capture_output=True, check=False, timeout=10)
+    subprocess.run(ip, capture_output=True, check=True, timeout=10)
+    try:
+        for address in (MODEL_REGISTRY_ADDRESS, MODEL_FILES_ADDRESS):
+            subprocess.run(["ip", "addr", "add", f"{address}/32", "dev", MODEL_LINK], check=True, timeout=10)
+        subprocess.run(["ip", "link", "set", MODEL_LINK, "up"], check=True, timeout=10)
+        yield MODEL_REGISTRY_ADDRESS, MODEL_FILES_ADDRESS
+    finally:
+        subprocess.run(["ip", "link", "del", MODEL_LINK], capture_output=True, check=False, timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +70,7 @@ def engine() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, model_addresses: tuple[str, str]) -> Iterator[tuple[str, str]]:
     """(name, digest) of a tiny model in a private registry the stack's Ollama can reach."""
     from stacks.lock import Registry as LockRegistry
     from stacks.lock import model_location
@@ -63,7 +78,11 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
     missing = ollama_real.available()
     assert missing is None, missing
     workdir = tmp_path_factory.mktemp("model")
-    with ollama_real.model_registry(bridge_address()) as registry, ollama_real.ollama_server() as publisher:
+    registry_address, files_address = model_addresses
+    with (
+        ollama_real.model_registry(registry_address, files_address) as registry,
+        ollama_real.ollama_server() as publisher,
+    ):
         name = f"{registry.host}/cluster-ai/tiny:{MODEL_TAG}"
         publisher.create(name, ollama_real.write_tiny_model(workdir / "tiny.gguf", seed=7))
         publisher.push(name)
@@ -205,7 +224,9 @@ def test_drift_is_clean_then_named_then_repaired_by_up(stack: Workspace) -> None
     edited = by_label(stack.stack, "monitoring-blackbox")
     subprocess.run(
         ["docker", "update", "--memory", "200m", "--memory-swap", "200m", edited],
-        capture_output=True, check=True, timeout=60,
+        capture_output=True,
+        check=True,
+        timeout=60,
     )
 
     code, report, shown = drift(stack)
@@ -239,7 +260,7 @@ def test_the_policy_pack_passes_and_a_violation_fails_the_preview_naming_the_pol
     config = tmp_path / "strict.json"
     config.write_text(json.dumps({"images-pinned-by-digest-in-prod": {"strictStacks": [stack.stack]}}))
     strict = stack.pulumi(
-        "preview", "--policy-pack", str(REPO / "policies"), "--policy-pack-config", str(config), timeout=900
+        "preview", "--policy-pack", str(stack.root / "policies"), "--policy-pack-config", str(config), timeout=900
     )
     assert strict.returncode != 0, f"a mandatory violation did not fail the preview:\n{diagnostics(strict)}"
     assert "images-pinned-by-digest-in-prod" in strict.stdout + strict.stderr, diagnostics(strict)

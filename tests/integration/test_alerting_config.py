@@ -54,8 +54,9 @@ def need(tool: str | None, package: str) -> str:
 
 
 def uploads(ev: Evaluation, container: str) -> dict[str, str]:
+    """The files `container` gets (carried by its file holder): path -> content."""
     resource = next(c for c in ev.by_type("docker:index/container:Container") if c.name == container)
-    return {u["file"]: str(u["content"]) for u in unwrap(resource.inputs.get("uploads") or [])}
+    return {u["file"]: str(u["content"]) for u in unwrap(ev.uploads_of(resource))}
 
 
 def materialize(ev: Evaluation, container: str, root: Path) -> Path:

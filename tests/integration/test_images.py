@@ -1,14 +1,16 @@
 """The images `make images` builds run exactly as the e2e stack declares them, and turn healthy.
 
-For every container of `Pulumi.e2e.yaml` (the real program evaluated under the
-SDK's mocks), the test creates a container on the real engine with what the plan
-declares: the image reference, entrypoint, command, user, environment, read-only
-root, tmpfs mounts, dropped capabilities, `no-new-privileges`, init, memory and
-CPU limits, restart policy, healthcheck, volumes, read-only host paths, pid mode,
-networks with their aliases (the data network internal), and the uploaded files
-with their owner and mode (put into the container before it starts, as the
-provider does). All of them run together, as a deployment would, and each must
-reach `healthy` within the time the plan lets `pulumi up` wait for it.
+For every service container of `Pulumi.e2e.yaml` (the real program evaluated
+under the SDK's mocks), the test creates a container on the real engine with
+what the plan declares: the image reference, entrypoint, command, user,
+environment, read-only root, tmpfs mounts, dropped capabilities,
+`no-new-privileges`, init, memory and CPU limits, restart policy, healthcheck,
+volumes (with their declared driver and options), read-only host paths, pid mode,
+and networks with their aliases (the data network internal). The never-started
+file holders are created too, and get the uploaded files exactly as the docker
+provider sends them (one archive per file, extracted at `/`). Services start once
+the containers they depend on are healthy, as `pulumi up` starts them, and each
+must reach `healthy` within the time the plan lets `pulumi up` wait for it.
 
 Not carried over: published ports (a dev or e2e stack on this machine may hold
 them; no healthcheck uses them) and the `cluster-ai.stack` labels (`stacks status`
@@ -42,6 +44,7 @@ STACK = "e2e"
 CONTAINER = "docker:index/container:Container"
 IMAGE = "docker:index/remoteImage:RemoteImage"
 NETWORK = "docker:index/network:Network"
+VOLUME = "docker:index/volume:Volume"
 IMAGES_LIST = REPO / "ci" / "images" / "images.list"
 REGISTRY = "127.0.0.1:5000"
 POLL_S = 3
@@ -55,12 +58,7 @@ DURATION = re.compile(r"^(\d+)s$")
 # healthy (docs/images.md, "Found by running the real images"): name -> (why, a shell
 # probe run in the container that succeeds while the bug is there). The probe is
 # asserted, so the entry must go when the program is fixed.
-KNOWN_PROGRAM_BUGS = {
-    "exporters-local-backup-metrics": (
-        "writes /textfile/backup.prom as 999:999 into a fresh named volume, which is root-owned 0755",
-        "! touch /textfile/.probe 2>/dev/null",
-    ),
-}
+KNOWN_PROGRAM_BUGS: dict[str, tuple[str, str]] = {}
 
 
 # -- the plan ------------------------------------------------------------------------
@@ -135,34 +133,30 @@ def ensure_image(engine: Any, reference: str) -> None:
             pytest.fail(f"{reference} is neither local nor in the registry: run `make images` ({exc})")
 
 
-def put_uploads(container: Any, uploads: list[dict[str, Any]], mounts: list[dict[str, Any]]) -> None:
-    """The provider's `uploads`, each file with its owner, group and mode, before start.
+def put_uploads(engine: Any, container: Any, uploads: list[dict[str, Any]]) -> None:
+    """The provider's `uploads`, as it sends them: one archive per file, extracted at "/",
+    with the file's mode, and its owner and group when set (`copyUIDGID`).
 
-    The provider extracts at "/", which the daemon refuses on a read-only root even
-    when the file lands in a volume ("container rootfs is marked read-only"; see
-    docs/images.md): the test extracts each file at its volume's mount point instead.
+    The daemon refuses that for a container with a read-only root even when the file
+    lands in a volume, which is why the program puts files into file-holder
+    containers: an upload into a read-only container fails here as it would on `up`.
     """
-    targets = sorted((m["target"] for m in mounts if m["type"] == "volume"), key=len, reverse=True)
-    archives: dict[str, tarfile.TarFile] = {}
-    buffers: dict[str, io.BytesIO] = {}
     for upload in uploads:
-        path = str(upload["file"])
-        target = next((t for t in targets if path.startswith(t.rstrip("/") + "/")), None)
-        assert target is not None, f"{container.name}: upload {path} is in no volume"
-        if target not in archives:
-            buffers[target] = io.BytesIO()
-            archives[target] = tarfile.open(fileobj=buffers[target], mode="w")
         data = str(upload["content"]).encode()
-        info = tarfile.TarInfo(path[len(target.rstrip("/")) + 1 :])
+        info = tarfile.TarInfo(str(upload["file"]))
         info.size = len(data)
         info.mode = int(str(upload.get("permissions") or "0644"), 8)
         info.uid = int(upload.get("owner") or 0)
         info.gid = int(upload.get("group") or 0)
         info.mtime = int(time.time())
-        archives[target].addfile(info, io.BytesIO(data))
-    for target, archive in archives.items():
-        archive.close()
-        assert container.put_archive(target, buffers[target].getvalue()), f"uploads into {container.name}:{target}"
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            tar.addfile(info, io.BytesIO(data))
+        params = {"path": "/", "copyUIDGID": "true" if upload.get("owner") or upload.get("group") else "false"}
+        response = engine.api._put(
+            engine.api._url("/containers/{0}/archive", container.id), params=params, data=buffer.getvalue()
+        )
+        assert response.status_code == 200, f"upload of {upload['file']} into {container.name}: {response.text}"
 
 
 def create_args(inputs: dict[str, Any], run: str, volumes: dict[str, str]) -> dict[str, Any]:
@@ -183,16 +177,16 @@ def create_args(inputs: dict[str, Any], run: str, volumes: dict[str, str]) -> di
         "command": inputs.get("command"),
         "user": inputs.get("user"),
         "environment": list(inputs.get("envs") or []),
-        "read_only": bool(inputs["readOnly"]),
+        "read_only": bool(inputs.get("readOnly")),
         "tmpfs": dict(inputs.get("tmpfs") or {}),
         "cap_drop": list(inputs["capabilities"]["drops"]),
         "cap_add": list(inputs["capabilities"].get("adds") or []) or None,
         "security_opt": list(inputs["securityOpts"]),
         "privileged": bool(inputs["privileged"]),
-        "init": bool(inputs["init"]),
+        "init": bool(inputs.get("init")),
         "mem_limit": f"{memory}m",
         "memswap_limit": f"{int(inputs['memorySwap'])}m",
-        "nano_cpus": int(float(inputs["cpus"]) * 1e9),
+        "nano_cpus": int(float(inputs["cpus"]) * 1e9) if "cpus" in inputs else None,
         "pid_mode": inputs.get("pidMode"),
         "restart_policy": restart_policy(inputs),
         "healthcheck": healthcheck(inputs),
@@ -226,6 +220,11 @@ def services(plan: Evaluation) -> list[Resource]:
     return [c for c in plan.by_type(CONTAINER) if "healthcheck" in c.inputs]
 
 
+def file_holders(plan: Evaluation) -> list[Resource]:
+    """Containers created and never started: they hold the files uploaded into a volume."""
+    return [c for c in plan.by_type(CONTAINER) if c.inputs.get("start") is False]
+
+
 def health_report(container: Any) -> str:
     container.reload()
     state = container.attrs["State"]
@@ -241,9 +240,12 @@ def health_report(container: Any) -> str:
 
 @pytest.fixture(scope="module")
 def deployed(engine: Any, plan: Evaluation, run_id: str) -> Iterator[dict[str, Any]]:
-    """Every service container of the plan running on the engine: resource name -> container."""
+    """Every service container of the plan running on the engine: resource name -> container.
+
+    File holders are created (their uploads put in) and never started, as declared."""
     containers = services(plan)
-    for container in containers:
+    holders = file_holders(plan)
+    for container in [*containers, *holders]:
         ensure_image(engine, image_of(container, plan))
     networks = {}
     for net in plan.by_type(NETWORK):
@@ -256,16 +258,34 @@ def deployed(engine: Any, plan: Evaluation, run_id: str) -> Iterator[dict[str, A
         )
     sources = {
         m["source"]
-        for c in containers
+        for c in [*containers, *holders]
         for m in unwrap(c.inputs).get("mounts") or []
         if m["type"] == "volume" and m.get("source")
     }
+    # Each volume with its declared driver and options (a tmpfs-backed one keeps its uid).
+    declared_volumes = {v.name: unwrap(v.inputs) for v in plan.by_type(VOLUME)}
     volumes = {
-        s: engine.volumes.create(f"ci-images-{run_id}-{s}", labels={"cluster-ai.test-run": run_id}).name
+        s: engine.volumes.create(
+            f"ci-images-{run_id}-{s}",
+            driver=declared_volumes.get(s, {}).get("driver") or "local",
+            driver_opts=declared_volumes.get(s, {}).get("driverOpts") or None,
+            labels={"cluster-ai.test-run": run_id},
+        ).name
         for s in sorted(sources)
     }
     created: dict[str, Any] = {}
+    held: list[Any] = []
     try:
+        for resource in holders:
+            inputs = unwrap(resource.inputs)
+            holder = engine.containers.create(
+                image_of(resource, plan),
+                name=f"ci-images-{run_id}-{resource.name}",
+                network_mode=inputs.get("networkMode"),
+                **create_args(inputs, run_id, volumes),
+            )
+            held.append(holder)
+            put_uploads(engine, holder, inputs.get("uploads") or [])
         for resource in containers:
             inputs = unwrap(resource.inputs)
             attachments = inputs["networksAdvanced"]
@@ -285,11 +305,11 @@ def deployed(engine: Any, plan: Evaluation, run_id: str) -> Iterator[dict[str, A
             for extra in rest:
                 networks[extra["name"]].connect(container, aliases=extra.get("aliases") or None)
             if inputs.get("uploads"):
-                put_uploads(container, inputs["uploads"], inputs.get("mounts") or [])
+                put_uploads(engine, container, inputs["uploads"])
         start_in_order(created, container_dependencies(containers), START_ORDER_S)
         yield created
     finally:
-        for container in created.values():
+        for container in [*created.values(), *held]:
             container.remove(force=True, v=True)
 
 

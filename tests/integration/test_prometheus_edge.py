@@ -53,8 +53,9 @@ def container(ev: Evaluation, name: str) -> Resource:
     return next(c for c in ev.by_type(CONTAINER) if c.name == name)
 
 
-def uploaded(resource: Resource, path: str) -> str:
-    return next(str(u["content"]) for u in unwrap(resource.inputs["uploads"]) if u["file"] == path)
+def uploaded(ev: Evaluation, resource: Resource, path: str) -> str:
+    """The content of the file `resource` gets at `path` (carried by its file holder)."""
+    return next(str(u["content"]) for u in unwrap(ev.uploads_of(resource)) if u["file"] == path)
 
 
 def replace_once(text: str, old: str, new: str) -> str:
@@ -120,8 +121,8 @@ def scraped(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     # Its client certificate: the /run/secrets uploads, real PEMs for the plan's mock ones.
     (tmp / "prometheus-secrets").mkdir()
     for name in ("ca.pem", "tls.crt", "tls.key"):
-        (tmp / "prometheus-secrets" / name).write_text(pki.realize(uploaded(prom, f"/run/secrets/{name}")))
-    config = yaml.safe_load(uploaded(prom, "/etc/cluster-ai/prometheus.yml"))
+        (tmp / "prometheus-secrets" / name).write_text(pki.realize(uploaded(plan, prom, f"/run/secrets/{name}")))
+    config = yaml.safe_load(uploaded(plan, prom, "/etc/cluster-ai/prometheus.yml"))
     config["global"].update({"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"})
     config["rule_files"] = []
     config["alerting"]["alertmanagers"][0]["static_configs"] = [{"targets": [CLOSED]}]

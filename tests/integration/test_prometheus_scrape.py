@@ -51,7 +51,7 @@ from distributed import Client
 from components.grafana_config import DASHBOARDS_DIR
 from components.monitoring_config import BACKUP_METRIC
 from infra.config import NAMESPACE
-from stacks.mocks import Evaluation, Resource, unwrap
+from stacks.mocks import Evaluation, Resource, is_file_holder, unwrap
 from stacks.plan import evaluate_stack
 from tests.support.dask_cluster import Local, command_of, env_of, flag, localize, localize_env
 from tests.support.processes import Process, free_ports
@@ -164,11 +164,12 @@ def container(ev: Evaluation, name: str) -> Resource:
     return next(c for c in ev.by_type(CONTAINER) if c.name == name)
 
 
-def uploaded(resource: Resource, path: str) -> str:
-    for upload in unwrap(resource.inputs.get("uploads") or []):
+def uploaded(ev: Evaluation, resource: Resource, path: str) -> str:
+    """The content of the file `resource` gets at `path` (carried by its file holder)."""
+    for upload in unwrap(ev.uploads_of(resource)):
         if upload["file"] == path:
             return str(upload["content"])
-    raise AssertionError(f"{resource.urn} uploads no {path}")
+    raise AssertionError(f"{resource.urn} gets no {path}")
 
 
 def localize_prometheus(config: dict[str, Any], addresses: dict[str, str], rules: Path) -> dict[str, Any]:
@@ -211,7 +212,9 @@ def running(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
     request.addfinalizer(stop_all)
     scheduler = container(ev, "dask-scheduler")
-    worker_containers = [c for c in ev.by_type(CONTAINER) if c.name.startswith("dask-workers-local-")]
+    worker_containers = [
+        c for c in ev.by_type(CONTAINER) if c.name.startswith("dask-workers-local-") and not is_file_holder(c)
+    ]
     assert len(worker_containers) == 2, "the stack declares two workers"
     ports = free_ports(6 + len(worker_containers))
     sched_port, sched_http, node_port, prom_port, *worker_ports = ports[: 4 + len(worker_containers)]
@@ -251,7 +254,7 @@ def running(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         value = str(textfile) if key == "--collector.textfile.directory" else value
         node_flags.append(f"{key}={value}")
     # The declared entrypoint: the textfile script in the background, then exec the exporter.
-    (tmp / "backup-textfile.sh").write_text(uploaded(node, "/etc/cluster-ai/backup-textfile.sh"))
+    (tmp / "backup-textfile.sh").write_text(uploaded(ev, node, "/etc/cluster-ai/backup-textfile.sh"))
     shell, dash_c, wrapper, arg0 = node.plain_inputs()["entrypoints"]
     assert (shell, dash_c, arg0) == ("/bin/sh", "-c", "node-exporter")
     declared_start = "sh /etc/cluster-ai/backup-textfile.sh /backup/last-success /textfile 60 &"
@@ -264,12 +267,12 @@ def running(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
     # Prometheus with the declared config and rules.
     prometheus = container(ev, "monitoring-prometheus")
-    rules = yaml.safe_load(uploaded(prometheus, "/etc/cluster-ai/rules.yml"))
+    rules = yaml.safe_load(uploaded(ev, prometheus, "/etc/cluster-ai/rules.yml"))
     for rule in rules["groups"][0]["rules"]:
         if rule["alert"] == "DaskWorkersMissing":
             rule["for"] = "2s"
     (tmp / "rules.yml").write_text(yaml.safe_dump(rules))
-    declared = yaml.safe_load(uploaded(prometheus, "/etc/cluster-ai/prometheus.yml"))
+    declared = yaml.safe_load(uploaded(ev, prometheus, "/etc/cluster-ai/prometheus.yml"))
     addresses[f"localhost:{prom_port}"] = f"{LOOPBACK}:{prom_port}"
     addresses["localhost:9090"] = f"{LOOPBACK}:{prom_port}"
     config = localize_prometheus(declared, addresses, tmp / "rules.yml")
@@ -420,7 +423,7 @@ def _blackbox_names(running: Running, tmp: Path) -> set[str]:
     """probe_* names from the real blackbox exporter, probing the scheduler with the declared module."""
     binary = need(BLACKBOX, "prometheus-blackbox-exporter")
     blackbox = container(running.evaluation, "monitoring-blackbox")
-    (tmp / "blackbox.yml").write_text(uploaded(blackbox, "/etc/cluster-ai/blackbox.yml"))
+    (tmp / "blackbox.yml").write_text(uploaded(running.evaluation, blackbox, "/etc/cluster-ai/blackbox.yml"))
     [port] = free_ports(1)
     process = start(
         [binary, f"--config.file={tmp / 'blackbox.yml'}", f"--web.listen-address={LOOPBACK}:{port}"],
@@ -453,7 +456,7 @@ def _redis_names(tmp: Path, running: Running) -> set[str]:
     password = "exporter-test-password"
     (tmp / "redis.conf").write_text(f'port {redis_port}\nbind 127.0.0.1\nrequirepass {password}\nsave ""\ndir {tmp}\n')
     declared = container(running.evaluation, "monitoring-redis-exporter")
-    file_form = json.loads(uploaded(declared, "/run/secrets/redis-passwords.json"))
+    file_form = json.loads(uploaded(running.evaluation, declared, "/run/secrets/redis-passwords.json"))
     assert list(file_form) == ["redis://redis:6379"], file_form
     address = f"redis://{LOOPBACK}:{redis_port}"
     (tmp / "passwords.json").write_text(json.dumps({address: password}))

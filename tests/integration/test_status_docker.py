@@ -152,27 +152,46 @@ def deploy(
     unhealthy: tuple[str, ...] = (),
     stopped: tuple[str, ...] = (),
     backup_age_s: int = 5,
+    started_holders: tuple[str, ...] = (),
+    failed_tasks: tuple[str, ...] = (),
 ) -> None:
-    """Run each declared container with its declared labels; then wait until health settles."""
+    """Each declared container with its declared labels, as `up` leaves it: a service runs (until
+    health settles), a task has run to its exit (0, or 3 for `failed_tasks`), a file holder is
+    created and never started (unless in `started_holders`)."""
     started = []
     for c in declared:
         if c.name in skip:
             continue
         labels = {**c.labels, "cluster-ai.stack": stack_label, "cluster-ai.test-run": run_id}
+        common: dict[str, Any] = {
+            "name": f"{stack_label}-{c.name}",
+            "labels": labels,
+            "network_mode": "none",
+            "read_only": True,
+            "cap_drop": ["ALL"],
+        }
+        if c.role == status.FILE_HOLDER:
+            holder = engine.containers.create(image(c), command=SLEEP, **common)
+            if c.name in started_holders:
+                holder.start()
+            continue
+        if c.role == status.TASK:
+            exit_code = 3 if c.name in failed_tasks else 0
+            task = engine.containers.run(
+                image(c), command=["/bin/busybox", "sh", "-c", f"exit {exit_code}"], detach=True, **common
+            )
+            assert task.wait(timeout=WAIT_S)["StatusCode"] == exit_code, task.name
+            continue
         container = engine.containers.run(
             image(c),
             command=backup_command(backup_age_s) if c.service == "backup" else SLEEP,
-            name=f"{stack_label}-{c.name}",
-            labels=labels,
             healthcheck=(UNHEALTHY if c.name in unhealthy else HEALTHY) if c.has_healthcheck else None,
             detach=True,
-            network_mode="none",
-            read_only=True,
             # The backup directory is a volume, as declared (docker cp reads volumes, not tmpfs).
             mounts=[docker.types.Mount(target="/var/lib/postgresql/data", source=None, type="volume")]
             if c.service == "backup"
             else [],
-            cap_drop=["ALL"],
+            **common,
         )
         started.append(container)
     deadline = time.monotonic() + WAIT_S
@@ -319,10 +338,17 @@ def test_a_healthy_stack_passes_every_check(
     assert code == 0 and report["ok"], f"stack {stack.name}: {failed}"
     checks = by_name(report)
     assert {c.name for c in declared} <= {name for kind, name in checks if kind == "container"}
+    roles = {c.role for c in declared}
+    assert roles == {status.SERVICE, status.TASK, status.FILE_HOLDER}, roles
+    # Each healthy in its own terms: a service runs, a task has exited 0, a holder was never started.
+    expected_state = {status.SERVICE: ("running", True), status.TASK: ("exited", False),
+                      status.FILE_HOLDER: ("created", False)}  # fmt: skip
     for c in declared:
         check = checks[("container", c.name)]
-        assert check["running"] and check["pinned"], f"{c.name}: {check}"
+        assert (check["status"], check["running"]) == expected_state[c.role] and check["pinned"], f"{c.name}: {check}"
         assert check["imageId"] == stack.pinned_id, c.name
+        if c.role == status.TASK:
+            assert check["exitCode"] == 0, f"{c.name}: {check}"
     assert checks[("dask", "scheduler")]["workers"] == ["dask-workers-local-0"]
     assert checks[("models", "ollama")]["state"] == "ok"
     assert checks[("http", "webui")]["state"] == "ok"
@@ -346,6 +372,8 @@ def test_stopped_unhealthy_foreign_image_and_missing_containers_are_each_reporte
         unhealthy=("dask-scheduler",),
         skip=("dask-workers-local-0",),
         backup_age_s=3 * 86400,
+        started_holders=("webui-files",),
+        failed_tasks=("ollama-local-model-sync",),
     )
     spec_checks = status.check_containers(declared, stack_label=label, backup_max_age_s=2 * 86400)
     checks = {(c.kind, c.name): c for c in spec_checks}
@@ -361,8 +389,14 @@ def test_stopped_unhealthy_foreign_image_and_missing_containers_are_each_reporte
     assert "missing" in checks[("container", "dask-workers-local-0")].detail
     backup = checks[("backup", "postgres-backup")]
     assert backup.state == "FAIL" and "stale" in backup.detail and backup.data["ageSeconds"] >= 3 * 86400 - 60
-    for name in ("postgres", "ollama-local", "postgres-backup"):
+    holder = checks[("container", "webui-files")]
+    assert holder.state == "FAIL" and "a file holder must never start, but it is running" in holder.detail, holder
+    task = checks[("container", "ollama-local-model-sync")]
+    assert task.state == "FAIL" and "task failed (exit 3)" in task.detail, task
+    for name in ("postgres", "ollama-local", "postgres-backup", "postgres-files", "postgres-backup-files"):
         assert checks[("container", name)].state == "ok", checks[("container", name)]
+    # The backup is read from the service, never from its holder (same `backup` service label).
+    assert [k for k in checks if k[0] == "backup"] == [("backup", "postgres-backup")], sorted(checks)
 
 
 def test_the_table_names_every_failure_and_the_exit_code_is_non_zero(

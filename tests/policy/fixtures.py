@@ -140,6 +140,40 @@ def sync_props(stack: str, digest: str | None, *, network: str = "local-net", ho
     return props
 
 
+def holder_props(
+    stack: str, service: str, name: str, uploads: list[dict[str, Any]], *, host: str = "local"
+) -> dict[str, Any]:
+    """A service's file holder as components/hardened.py `_file_holder` declares it: created, never started.
+
+    It carries the service's uploads into its secrets/config volumes (the service mounts them
+    read-only); it has no network, no user, no CPU limit, no healthcheck and a writable root.
+    """
+    return {
+        "image": IMAGE_ID,
+        "start": False,
+        "mustRun": False,
+        "networkMode": "none",
+        "capabilities": {"drops": ["ALL"]},
+        "securityOpts": ["no-new-privileges:true"],
+        "privileged": False,
+        "readOnly": False,
+        "restart": "no",
+        "memory": 16.0,
+        "memorySwap": 16.0,
+        "uploads": uploads,
+        "mounts": [
+            {"type": "volume", "source": f"{name}-secrets", "target": "/run/secrets"},
+            {"type": "volume", "source": f"{name}-config", "target": "/etc/cluster-ai"},
+        ],
+        "labels": _labels(
+            stack, service, host, **{"cluster-ai.container": f"{name}-files", "cluster-ai.role": "file-holder"}
+        ),
+    }
+
+
+SECRET_UPLOAD = {"file": "/run/secrets/tls.key", "content": "-----BEGIN PRIVATE KEY-----", "permissions": "0444"}
+
+
 PUBLIC_NETWORK = "cluster-ai-prod-head-public"
 EGRESS_SUBJECT = "CN=head-egress,OU=egress,O=cluster-ai"
 PROMETHEUS_SUBJECT = "CN=head-prometheus,OU=prometheus,O=cluster-ai"
@@ -238,6 +272,14 @@ def dev_stack() -> dict[str, Subject]:
             **on,
         ),
         "sync": _subject(stack, CONTAINER, "ollama-local-model-sync", sync_props(stack, MODEL_DIGEST), **on),
+        # The scheduler's holder: a service with no exemption, so every rule a holder is spared shows.
+        "holder": _subject(
+            stack,
+            CONTAINER,
+            "dask-scheduler-files",
+            holder_props(stack, "dask-scheduler", "dask-scheduler", [dict(SECRET_UPLOAD)]),
+            **on,
+        ),
     }
 
 
@@ -343,6 +385,14 @@ def prod_stack() -> dict[str, Subject]:
             CONTAINER,
             "ollama-gpu1-model-sync",
             sync_props(stack, MODEL_DIGEST, network="gpu1-net", host="gpu1"),
+            **on,
+        ),
+        # The scheduler's certificates travel in its file holder (prod rules skip a holder's missing command).
+        "holder": _subject(
+            stack,
+            CONTAINER,
+            "dask-scheduler-files",
+            holder_props(stack, "dask-scheduler", "dask-scheduler", [dict(SECRET_UPLOAD)], host="head"),
             **on,
         ),
         "drain": _subject(

@@ -11,8 +11,6 @@ import pytest
 from policies.harness import Outcome, PolicyConfig, Report, Subject, run
 from policies.pack import all_rules, rule
 from tests.policy.fixtures import (
-    DIGEST,
-    MODEL_DIGEST,
     PUBLIC_NETWORK,
     broken,
     dev_stack,
@@ -183,7 +181,8 @@ CASES = [
     Case("latest", "images-pinned", "dev", "image", _set("name", "postgres:latest"), "postgres:latest floats on :latest"),
     Case("container-image", "images-pinned", "dev", "scheduler", _set("image", "ghcr.io/dask/dask"),
          "ghcr.io/dask/dask names no tag or digest"),
-    Case("default-bridge", "default-bridge-not-used", "dev", "scheduler", _set("networkMode", "bridge"),
+    Case("default-bridge", "default-bridge-not-used", "dev", "scheduler",
+         lambda props: (props.update(networkMode="bridge"), props.pop("networksAdvanced")),
          "is on Docker's default bridge"),
     Case("no-network", "default-bridge-not-used", "dev", "scheduler", _drop("networksAdvanced"),
          "joins no user-defined network"),
@@ -339,3 +338,11 @@ def test_publishing_every_port_is_caught_by_cis_and_the_stack_rule() -> None:
     fixtures = dev_stack()
     report = _run(broken(fixtures, "webui", _set("publishAllPorts", True)))
     assert report.fired() == {"ports-bound-to-an-address", "only-proxy-publishes-publicly"}
+
+
+def test_the_providers_default_network_mode_with_networks_of_its_own_is_not_the_default_bridge() -> None:
+    """The real docker provider reports networkMode 'bridge' (its default) on every container;
+    one with networksAdvanced is disconnected from the default bridge before it starts."""
+    fixtures = dev_stack()
+    report = _run(broken(fixtures, "scheduler", _set("networkMode", "bridge")), {})
+    assert [v.rule for v in report.violations] == [], fixtures["scheduler"].urn

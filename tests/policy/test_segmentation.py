@@ -3,18 +3,20 @@ per-route client rules at the TLS edges, and who joins the head's public network
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from components.caddy import Grant, Route, edge_caddyfile
-from policies.harness import PolicyConfig, Report, run
+from policies.harness import PolicyConfig, Report, Subject, run
 from policies.segmentation import parse_caddyfile, route_problems
 from tests.policy.fixtures import (
     PUBLIC_NETWORK,
     broken,
     edge_caddyfile_text,
     edge_props,
+    holder_props,
     prod_stack,
     ungranted_route_caddyfile,
 )
@@ -77,25 +79,35 @@ def test_an_edge_without_a_caddyfile_fires() -> None:
     ]
 
 
-@pytest.mark.parametrize(("caddyfile", "fires"), [(edge_caddyfile_text(), False), (ungranted_route_caddyfile(), True)])
-def test_the_caddyfile_is_read_from_the_edges_file_holder(caddyfile: str, fires: bool) -> None:
-    """Uploads may travel in a never-started `<edge>-files` container that the edge mounts from."""
+def _edge_and_holder(holder_uploads: list[dict[str, Any]], **holder_changes: Any) -> tuple[list[Subject], Subject]:
+    """The prod fixtures with the edge's uploads moved to a `<edge>-files` holder, as the program declares it."""
     fixtures = prod_stack()
     edge = fixtures["edge"]
-    props = dict(edge.props)
-    uploads = props.pop("uploads")
-    holder_props = {**props, "uploads": edge_props("prod", caddyfile)["uploads"] if fires else uploads}
-    holder_props["labels"] = [*props["labels"], {"label": "cluster-ai.role", "value": "file-holder"}]
-    holder_props.pop("networksAdvanced")
-    from dataclasses import replace
-
+    props = {k: v for k, v in edge.props.items() if k != "uploads"}
+    holder_props_ = {**holder_props("prod", "edge", edge.name, holder_uploads, host="gpu1"), **holder_changes}
     holder = replace(edge, urn=edge.urn.replace("::edge-gpu1", "::edge-gpu1-files"), name="edge-gpu1-files",
-                     props=holder_props)  # fmt: skip
-    subjects = [*(s for k, s in fixtures.items() if k != "edge"), replace(edge, props=props), holder]
+                     props=holder_props_)  # fmt: skip
+    return [*(s for k, s in fixtures.items() if k != "edge"), replace(edge, props=props), holder], edge
+
+
+@pytest.mark.parametrize(("caddyfile", "fires"), [(edge_caddyfile_text(), False), (ungranted_route_caddyfile(), True)])
+def test_the_caddyfile_is_read_from_the_edges_file_holder(caddyfile: str, fires: bool) -> None:
+    """Uploads travel in a never-started `<edge>-files` container that the edge mounts from."""
+    subjects, edge = _edge_and_holder(edge_props("prod", caddyfile)["uploads"])
     report = run(subjects, config=PolicyConfig.parse({}))
     found = _violations(report, EDGE_RULE)
     assert bool(found) is fires, found
     assert all(v.urn == edge.urn for v in report.violations if v.rule == EDGE_RULE), "the edge is named, not its holder"
+    assert report.fired() == ({EDGE_RULE} if fires else set()), report.violations
+
+
+def test_a_started_edge_labelled_as_a_holder_is_still_checked_as_an_edge() -> None:
+    """The holder label is no exemption: a container that runs is an edge, whatever it calls itself."""
+    subjects, _ = _edge_and_holder(edge_props("prod", ungranted_route_caddyfile())["uploads"], start=True)
+    report = run(subjects, config=PolicyConfig.parse({}))
+    holder_urn = next(s.urn for s in subjects if s.name == "edge-gpu1-files")
+    found = [v for v in report.violations if v.rule == EDGE_RULE and v.urn == holder_urn]
+    assert any("names no client certificate subject it serves" in v.message for v in found), report.violations
 
 
 def test_the_parser_reads_blocks_and_refuses_unbalanced_braces() -> None:

@@ -25,7 +25,7 @@ from distributed import Client
 from distributed.security import Security
 
 from components.hardened import SECRETS_DIR
-from stacks.mocks import Evaluation, Resource
+from stacks.mocks import Evaluation, Resource, is_file_holder
 from tests.support.pki import PlanPki
 from tests.support.processes import (
     LOOPBACK,
@@ -52,7 +52,8 @@ HEALTH_URL = re.compile(r"http://127\.0\.0\.1:(\d+)(/[^'\"\s]*)")
 
 def dask_containers(evaluation: Evaluation) -> tuple[Resource, list[Resource]]:
     """The scheduler container and the worker containers, as the plan declares them."""
-    containers = {r.name: r for r in evaluation.by_type(CONTAINER)}
+    # A service's file holder (`<name>-files`) runs nothing: its files are written per process below.
+    containers = {r.name: r for r in evaluation.by_type(CONTAINER) if not is_file_holder(r)}
     assert SCHEDULER in containers, f"stack {evaluation.stack}: no container named {SCHEDULER!r}"
     workers = [r for name, r in sorted(containers.items()) if name.startswith(WORKER_PREFIX)]
     assert workers, f"stack {evaluation.stack}: no container named {WORKER_PREFIX}*"

@@ -29,7 +29,12 @@ ENV_FILES = (CACHE / "env.sh", CACHE / "toolchain" / "env.sh")
 # Engine variables that must never leak in from the caller's shell into a test stack.
 SCRUBBED = ("PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE", "PULUMI_ACCESS_TOKEN")
 # The program's packages, linked into a workspace beside its stack files.
-PROGRAM = ("infra", "components", "policies", "monitoring", "stacks")
+PROGRAM = ("infra", "components", "monitoring", "stacks")
+# The policy pack's runtime name in the workspace: no language host answers to it, so
+# the CLI takes its analyzer path (`pulumi-analyzer-policy-<runtime>`), run by the
+# SDK's own `pulumi-analyzer-policy-python` script (docs/engine.md: the language host
+# built here predates the CLI's RunPlugin request and cannot start a policy pack).
+ANALYZER_RUNTIME = "python-analyzer"
 
 
 def toolchain_env() -> dict[str, str] | None:
@@ -117,15 +122,21 @@ class Workspace:
         return files[0].read_text()
 
 
-def make_workspace(base: Path, stack_config: Mapping[str, Any], engine: Mapping[str, str]) -> Workspace:
-    """Pulumi.yaml, `Pulumi.<stack>.yaml` from `stack_config`, the program linked in, a fresh backend."""
+def make_workspace(
+    base: Path, stack_config: Mapping[str, Any], engine: Mapping[str, str], *, prefix: str = "e2e"
+) -> Workspace:
+    """Pulumi.yaml, `Pulumi.<stack>.yaml` from `stack_config`, the program linked in, a fresh backend.
+
+    The stack is named `prefix` + 8 random hex digits (bench/converge.py uses `bench`).
+    """
     import yaml
 
-    stack = f"e2e{uuid.uuid4().hex[:8]}"
+    stack = f"{prefix}{uuid.uuid4().hex[:8]}"
     shutil.copy(REPO / "Pulumi.yaml", base / "Pulumi.yaml")
     (base / f"Pulumi.{stack}.yaml").write_text(yaml.safe_dump({"config": dict(stack_config)}, sort_keys=False))
     for package in PROGRAM:
         (base / package).symlink_to(REPO / package)
+    analyzer_bin = _policy_pack(base / "policies", engine)
     (base / ".venv").symlink_to(REPO / ".venv")
     state = base / ".pulumi-state"
     state.mkdir(mode=0o700)
@@ -134,6 +145,7 @@ def make_workspace(base: Path, stack_config: Mapping[str, Any], engine: Mapping[
     passphrase.chmod(0o600)
     env = {
         **engine,
+        "PATH": f"{analyzer_bin}:{engine.get('PATH', os.environ.get('PATH', ''))}",
         "PULUMI_BACKEND_URL": f"file://{state}",
         "PULUMI_CONFIG_PASSPHRASE_FILE": str(passphrase),
         "PULUMI_SKIP_UPDATE_CHECK": "true",
@@ -145,6 +157,30 @@ def make_workspace(base: Path, stack_config: Mapping[str, Any], engine: Mapping[
     login = workspace._run(["pulumi", "login", f"file://{state}"], 60, None)
     assert login.returncode == 0, diagnostics(login)
     return workspace
+
+
+def _policy_pack(pack: Path, engine: Mapping[str, str]) -> Path:
+    """The repository's pack (its files linked), started through the CLI's analyzer path.
+
+    Returns the directory holding `pulumi-analyzer-policy-<ANALYZER_RUNTIME>`: the
+    toolchain's `pulumi-analyzer-policy-python`, which runs `python -m pulumi.policy`.
+    """
+    import yaml
+
+    pack.mkdir()
+    for item in (REPO / "policies").iterdir():
+        if item.name not in ("PulumiPolicy.yaml", "__pycache__"):
+            (pack / item.name).symlink_to(item)
+    manifest = yaml.safe_load((REPO / "policies" / "PulumiPolicy.yaml").read_text())
+    manifest["runtime"]["name"] = ANALYZER_RUNTIME
+    manifest["runtime"]["options"] = {"virtualenv": str(REPO / ".venv")}
+    (pack / "PulumiPolicy.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    found = shutil.which("pulumi-analyzer-policy-python", path=engine.get("PATH"))
+    assert found is not None, "the toolchain has no pulumi-analyzer-policy-python (ci/toolchain.sh installs it)"
+    bin_dir = pack.parent / ".analyzer-bin"
+    bin_dir.mkdir()
+    (bin_dir / f"pulumi-analyzer-policy-{ANALYZER_RUNTIME}").symlink_to(found)
+    return bin_dir
 
 
 def diagnostics(result: subprocess.CompletedProcess[str], limit: int = 6000) -> str:

@@ -254,11 +254,13 @@ class ModelRegistry:
 
 
 @contextmanager
-def model_registry(address: str = "127.0.0.1") -> Iterator[ModelRegistry]:
-    """The registry on `address` (loopback, or an address containers reach, e.g. docker0's).
+def model_registry(address: str = "127.0.0.1", files_address: str | None = None) -> Iterator[ModelRegistry]:
+    """The registry on `address` (loopback, or an address containers reach).
 
-    Off loopback the redirect goes to the same address (another port): inside a
-    container `localhost` is the container itself.
+    Ollama follows a redirect to the registry's own host name and then finds no
+    Location header: the file server needs another name. On loopback that is
+    `localhost`; off loopback (inside a container `localhost` is the container
+    itself) it is `files_address`, another address of this machine.
     """
     import functools
     import threading
@@ -273,12 +275,15 @@ def model_registry(address: str = "127.0.0.1") -> Iterator[ModelRegistry]:
         def log_message(self, format: str, *args: Any) -> None:
             return
 
-    files = ThreadingHTTPServer((address, 0), functools.partial(Quiet, directory=str(root / "data")))
+    files_host = "localhost" if address == "127.0.0.1" else files_address
+    if files_host is None:
+        raise ValueError("a registry off loopback needs files_address: another host name for its blobs")
+    bind = "127.0.0.1" if address == "127.0.0.1" else files_host
+    files = ThreadingHTTPServer((bind, 0), functools.partial(Quiet, directory=str(root / "data")))
     files.daemon_threads = True
     thread = threading.Thread(target=files.serve_forever, daemon=True)
     thread.start()
     registry = ModelRegistry(free_port(), int(files.server_address[1]), address)
-    files_host = "localhost" if address == "127.0.0.1" else address
     (root / "config.yml").write_text(
         "version: 0.1\n"
         "log:\n  level: warn\n"

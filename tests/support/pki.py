@@ -358,13 +358,14 @@ class PlanPki:
         return text
 
     def write_uploads(self, container: Resource, directory: Path, root: str = "/run/secrets") -> dict[str, Path]:
-        """Write `container`'s uploads under `root` into `directory`, real PEMs for mock ones.
+        """Write the files `container` gets (its holder's uploads) under `root` into `directory`,
+        real PEMs for mock ones.
 
         Returns the container path -> local file map (what a command line's paths become).
         """
         directory.mkdir(parents=True, exist_ok=True)
         written: dict[str, Path] = {}
-        for upload in container.plain_inputs().get("uploads") or []:
+        for upload in unwrap(self.evaluation.uploads_of(container)):
             path = str(upload["file"])
             assert path.startswith(root + "/"), f"{container.urn}: upload {path} is outside {root}"
             local = directory / path.removeprefix(root + "/")

@@ -37,7 +37,7 @@ from typing import Any
 
 import httpx
 
-from stacks.mocks import Evaluation, Resource
+from stacks.mocks import Evaluation, Resource, unwrap
 
 REPO = Path(__file__).resolve().parents[2]
 CONTAINER = "docker:index/container:Container"
@@ -99,7 +99,8 @@ def declared_webui(plan: Evaluation) -> Declared:
     resource: Resource = next(r for r in plan.by_type(CONTAINER) if r.name == WEBUI_CONTAINER)
     inputs = resource.plain_inputs()
     env = dict(entry.split("=", 1) for entry in inputs.get("envs") or [])
-    uploads = {u["file"]: (u["content"], u.get("permissions", "")) for u in inputs.get("uploads") or []}
+    # The files it gets travel in its file holder (`webui-files`), written before it starts.
+    uploads = {u["file"]: (u["content"], u.get("permissions", "")) for u in unwrap(plan.uploads_of(resource))}
     return Declared(resource.urn, list(inputs["entrypoints"]), list(inputs["command"]), env, uploads)
 
 

@@ -230,11 +230,15 @@ def test_a_secret_file_stays_secret_even_when_the_caller_passes_a_plain_value() 
 
     ev = run(program)
     container = ev.named("h-c")
-    uploads = container.inputs["uploads"]
-    assert isinstance(uploads, Secret), f"{container.urn}: uploads are not secret: {uploads!r}"
-    (upload,) = container.plain_inputs()["uploads"]
-    assert upload["file"] == "/run/secrets/token" and upload["content"] == "hunter2-plain", container.urn
-    assert upload["permissions"] == "0400", container.urn
+    holder = ev.files_of(container)
+    assert "uploads" not in container.inputs, f"{container.urn}: the service carries no uploads, its holder does"
+    uploads = holder.inputs["uploads"]
+    assert isinstance(uploads, Secret), f"{holder.urn}: uploads are not secret: {uploads!r}"
+    (upload,) = ev.uploads_of(container)
+    assert isinstance(upload["content"], Secret), holder.urn
+    assert upload["file"] == "/run/secrets/token" and upload["content"].value == "hunter2-plain", holder.urn
+    # Root-owned and read-only for all: the volume is mounted (read-only) by this one service.
+    assert upload["permissions"] == "0444" and "owner" not in upload and "group" not in upload, holder.urn
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from stacks.mocks import Evaluation, Resource, Secret, contains_secret, plain_strings
+from stacks.mocks import Evaluation, Resource, Secret, contains_secret, is_file_holder, plain_strings
 
 CONTAINER = "docker:index/container:Container"
 REMOTE_IMAGE = "docker:index/remoteImage:RemoteImage"
@@ -36,28 +36,12 @@ MONITORING_CONTAINERS = [
 
 
 def containers(ev: Evaluation) -> dict[str, Resource]:
-    return {r.name: r for r in ev.by_type(CONTAINER)}
+    """The service and task containers by name; file holders (`<name>-files`) are not services."""
+    return {r.name: r for r in ev.by_type(CONTAINER) if not is_file_holder(r)}
 
 
 def env_of(container: Resource) -> dict[str, str]:
     return dict(e.split("=", 1) for e in container.plain_inputs().get("envs", []))
-
-
-def uploads_of(container: Resource) -> dict[str, Secret | str]:
-    """file -> the upload's content, a Secret when the program marked it secret.
-
-    The SDK lifts secretness to the top-level property: a list holding one secret
-    element travels as one secret list, so every upload in it counts as secret.
-    """
-    raw = container.inputs.get("uploads", [])
-    whole_secret = isinstance(raw, Secret)
-    items = raw.value if whole_secret else raw
-    return {
-        u["file"]: Secret(u["content"].value if isinstance(u["content"], Secret) else u["content"])
-        if whole_secret or isinstance(u["content"], Secret)
-        else u["content"]
-        for u in items
-    }
 
 
 def network_names_of(container: Resource) -> list[str]:
@@ -214,7 +198,7 @@ def test_open_webui_is_wired_to_postgres_redis_and_every_ollama(dev: Evaluation)
     assert env["WEBUI_ADMIN_EMAIL"] == "admin@cluster-ai.local", webui.urn
     for secret_var in ("DATABASE_URL", "REDIS_URL", "WEBUI_SECRET_KEY", "WEBUI_ADMIN_PASSWORD"):
         assert secret_var not in env, f"{webui.urn}: {secret_var} must not be a plain env value"
-    uploads = uploads_of(webui)
+    uploads = {u["file"]: u["content"] for u in dev.uploads_of(webui)}
     database_url = uploads["/run/secrets/env.DATABASE_URL"]
     redis_url = uploads["/run/secrets/env.REDIS_URL"]
     assert isinstance(database_url, Secret) and isinstance(redis_url, Secret), webui.urn
@@ -237,7 +221,7 @@ def test_the_secret_env_loader_wraps_the_image_command(dev: Evaluation) -> None:
 
 def test_open_webui_keys_and_passwords_come_from_the_database_and_redis_passwords(dev: Evaluation) -> None:
     passwords = {r.name: r.outputs["result"] for r in dev.by_type(PASSWORD)}
-    webui = uploads_of(containers(dev)["webui"])
+    webui = {u["file"]: u["content"] for u in dev.uploads_of(containers(dev)["webui"])}
     assert passwords["postgres-password"] in webui["/run/secrets/env.DATABASE_URL"].value
     assert passwords["redis-password"] in webui["/run/secrets/env.REDIS_URL"].value
     assert webui["/run/secrets/env.WEBUI_SECRET_KEY"].value == passwords["webui-secret-key"]
@@ -257,11 +241,12 @@ def test_database_passwords_reach_the_containers_as_secret_files(dev: Evaluation
     c = containers(dev)
     postgres = c["postgres"]
     assert env_of(postgres)["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password", postgres.urn
-    assert isinstance(uploads_of(postgres)["/run/secrets/postgres_password"], Secret), postgres.urn
-    upload = next(u for u in postgres.plain_inputs()["uploads"] if u["file"] == "/run/secrets/postgres_password")
-    assert (upload["permissions"], upload["owner"], upload["group"]) == ("0400", "999", "999"), postgres.urn
+    upload = next(u for u in dev.uploads_of(postgres) if u["file"] == "/run/secrets/postgres_password")
+    assert isinstance(upload["content"], Secret), postgres.urn
+    # Root-owned, readable by all in a volume that only PostgreSQL mounts (and read-only).
+    assert (upload["permissions"], upload.get("owner"), upload.get("group")) == ("0444", None, None), postgres.urn
     redis = c["redis"]
-    conf = uploads_of(redis)["/run/secrets/redis.conf"]
+    conf = next(u["content"] for u in dev.uploads_of(redis) if u["file"] == "/run/secrets/redis.conf")
     assert isinstance(conf, Secret) and "requirepass " in conf.value, redis.urn
     assert redis.plain_inputs()["command"] == ["redis-server", "/run/secrets/redis.conf"], redis.urn
 
@@ -362,7 +347,10 @@ def test_every_resource_is_parented_to_a_component(dev: Evaluation) -> None:
 
 def test_preview_with_unknown_outputs_evaluates(stack_with: Callable[..., Evaluation]) -> None:
     ev = stack_with("dev", preview=True)
-    assert len(ev.by_type(CONTAINER)) == 8 + len(MONITORING_CONTAINERS)
+    assert len(containers(ev)) == 8 + len(MONITORING_CONTAINERS)
+    # The file holders are declared during preview as on `up` (only their volumes' names are unknown).
+    holders = sorted(r.name for r in ev.by_type(CONTAINER) if is_file_holder(r))
+    assert holders and holders == sorted(r.name for r in stack_with("dev").by_type(CONTAINER) if is_file_holder(r))
 
 
 def test_unpinned_dev_model_is_reported_in_the_plan(stack_with: Callable[..., Evaluation]) -> None:
@@ -383,9 +371,10 @@ def test_plan_text_redacts_every_secret(dev: Evaluation) -> None:
     document = json.loads(render_json(dev))
     assert document["stack"] == "dev"
     assert {"urn", "type", "name", "parent", "inputs"} <= set(document["resources"][0])
-    webui = next(r for r in document["resources"] if r["name"] == "webui" and r["type"] == CONTAINER)
+    # Open WebUI's files travel in its holder, whose uploads the plan shows only as "[secret]".
+    webui = next(r for r in document["resources"] if r["name"] == "webui-files" and r["type"] == CONTAINER)
     assert webui["inputs"]["uploads"] == "[secret]"
-    assert contains_secret(containers(dev)["webui"].inputs["uploads"])
+    assert contains_secret(dev.files_of(containers(dev)["webui"]).inputs["uploads"])
 
 
 def test_dev_head_networks_keep_open_webui_and_grafana_to_what_they_use(dev: Evaluation) -> None:

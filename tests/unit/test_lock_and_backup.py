@@ -185,8 +185,8 @@ def test_the_backup_runs_hardened_beside_postgres_with_the_password_as_a_secret_
     assert env["PGHOST"] == "postgres" and env["PGDATABASE"] == "openwebui" and env["PGUSER"] == "openwebui"
     assert (env["BACKUP_INTERVAL_S"], env["BACKUP_KEEP_DAYS"], env["BACKUP_KEEP_COUNT"]) == ("86400", "14", "14")
     assert not any("PASSWORD=" in e for e in inputs["envs"]), f"{container.urn}: a password in env"
-    uploads = container.inputs["uploads"]
-    assert isinstance(uploads, Secret) or all(isinstance(u["content"], Secret) for u in uploads), container.urn
+    uploads = dev.uploads_of(container)
+    assert uploads and all(isinstance(u["content"], Secret) for u in uploads), dev.files_of(container).urn
     postgres = next(r for r in dev.by_type(CONTAINER) if r.name == "postgres")
     component = next(r for r in dev if r.type == "cluster-ai:index:Postgres")
     assert {postgres.urn, component.urn} & set(container.dependencies), f"{container.urn} must start after PostgreSQL"

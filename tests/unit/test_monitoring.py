@@ -16,7 +16,7 @@ import yaml
 from components.hardened import HostPath
 from components.monitoring_config import BACKUP_METRIC
 from infra.config import NAMESPACE, ConfigError, load_spec
-from stacks.mocks import Evaluation, Resource, Secret, evaluate_program
+from stacks.mocks import Evaluation, Resource, Secret, evaluate_program, is_file_holder, unwrap
 from stacks.plan import evaluate_stack, run_program
 from stacks.stackfile import read_stack_config
 
@@ -60,9 +60,14 @@ def labels_of(r: Resource) -> dict[str, str]:
     return {label["label"]: label["value"] for label in r.plain_inputs().get("labels", [])}
 
 
+def services(ev: Evaluation) -> list[Resource]:
+    """The containers that run something; a service's file holder (`<name>-files`) is not one."""
+    return [c for c in ev.by_type(CONTAINER) if not is_file_holder(c)]
+
+
 def by_service(ev: Evaluation) -> dict[str, list[Resource]]:
     out: dict[str, list[Resource]] = {}
-    for c in ev.by_type(CONTAINER):
+    for c in services(ev):
         out.setdefault(labels_of(c)["cluster-ai.service"], []).append(c)
     return out
 
@@ -73,14 +78,15 @@ DASHBOARDS = Path(__file__).resolve().parents[2] / "monitoring" / "dashboards"
 def alert_rules_of(ev: Evaluation) -> Any:
     """The alert rules the plan's Prometheus loads."""
     [prometheus] = by_service(ev)["prometheus"]
-    return yaml.safe_load(config_file(prometheus, "rules.yml"))
+    return yaml.safe_load(config_file(ev, prometheus, "rules.yml"))
 
 
-def config_file(container: Resource, name: str) -> str:
-    for upload in container.plain_inputs()["uploads"]:
+def config_file(ev: Evaluation, container: Resource, name: str) -> str:
+    """The config file `container` reads at /etc/cluster-ai/`name` (carried by its file holder)."""
+    for upload in unwrap(ev.uploads_of(container)):
         if upload["file"] == f"/etc/cluster-ai/{name}":
             return str(upload["content"])
-    raise AssertionError(f"{container.urn} uploads no /etc/cluster-ai/{name}")
+    raise AssertionError(f"{container.urn} gets no /etc/cluster-ai/{name}")
 
 
 def named(ev: Evaluation, name: str) -> Resource:
@@ -88,11 +94,11 @@ def named(ev: Evaluation, name: str) -> Resource:
 
 
 def prometheus_yml(ev: Evaluation) -> dict[str, Any]:
-    return yaml.safe_load(config_file(named(ev, "monitoring-prometheus"), "prometheus.yml"))
+    return yaml.safe_load(config_file(ev, named(ev, "monitoring-prometheus"), "prometheus.yml"))
 
 
 def rules_yml(ev: Evaluation) -> dict[str, Any]:
-    return yaml.safe_load(config_file(named(ev, "monitoring-prometheus"), "rules.yml"))
+    return yaml.safe_load(config_file(ev, named(ev, "monitoring-prometheus"), "rules.yml"))
 
 
 def prod(gpu_nodes: int = 2, **overrides: Any) -> Evaluation:
@@ -115,10 +121,10 @@ def with_secrets(stack: str, secrets: dict[str, str], **overrides: Any) -> Evalu
 
 
 def test_dev_runs_one_exporter_set_and_the_monitoring_stack_on_its_one_host(dev: Evaluation) -> None:
-    services = Counter(labels_of(c)["cluster-ai.service"] for c in dev.by_type(CONTAINER))
+    services_ = Counter(labels_of(c)["cluster-ai.service"] for c in services(dev))
     for service in HOST_SERVICES | HEAD_SERVICES:
-        assert services[service] == 1, f"dev must run exactly one {service}, runs {services[service]}"
-    assert services["dcgm-exporter"] == 0, "dev has no GPU: no DCGM exporter"
+        assert services_[service] == 1, f"dev must run exactly one {service}, runs {services_[service]}"
+    assert services_["dcgm-exporter"] == 0, "dev has no GPU: no DCGM exporter"
 
 
 @pytest.mark.parametrize("gpu_nodes", [1, 3])
@@ -126,7 +132,7 @@ def test_prod_runs_one_exporter_set_per_host_and_dcgm_only_on_gpu_hosts(gpu_node
     ev = prod(gpu_nodes)
     hosts = ["head", *(f"gpu{i}" for i in range(1, gpu_nodes + 1))]
     placed: dict[str, Counter[str]] = {h: Counter() for h in hosts}
-    for c in ev.by_type(CONTAINER):
+    for c in services(ev):
         labels = labels_of(c)
         placed[labels["cluster-ai.host"]][labels["cluster-ai.service"]] += 1
     for host in hosts:
@@ -158,7 +164,7 @@ def test_a_gpu_dev_host_gets_a_dcgm_exporter_without_sys_admin_collecting_what_i
     inputs = dcgm.plain_inputs()
     assert inputs["capabilities"] == {"drops": ["ALL"]}, f"{dcgm.urn}: no capability is added back"
     env = dict(str(e).split("=", 1) for e in inputs["envs"])
-    counters = config_file(dcgm, "dcgm-counters.csv")
+    counters = config_file(ev, dcgm, "dcgm-counters.csv")
     assert env["DCGM_EXPORTER_COLLECTORS"] == "/etc/cluster-ai/dcgm-counters.csv", dcgm.urn
     fields = {line.split(",")[0] for line in counters.splitlines()}
     assert not any(f.startswith("DCGM_FI_PROF_") for f in fields), f"{dcgm.urn}: a profiling field needs SYS_ADMIN"
@@ -175,7 +181,7 @@ def test_a_gpu_dev_host_gets_a_dcgm_exporter_without_sys_admin_collecting_what_i
 
 
 def test_dev_publishes_grafana_on_loopback_and_no_other_monitoring_port(dev: Evaluation) -> None:
-    for c in dev.by_type(CONTAINER):
+    for c in services(dev):
         service = labels_of(c)["cluster-ai.service"]
         ports = c.plain_inputs().get("ports", [])
         if service == "grafana":
@@ -192,7 +198,7 @@ def test_prod_publishes_no_monitoring_port_and_routes_grafana_through_the_proxy(
         if service in HOST_SERVICES | HEAD_SERVICES | {"dcgm-exporter"}:
             assert not c.plain_inputs().get("ports"), f"{c.urn} publishes a port: exporters are reached via the edge"
     proxy = named(ev, "proxy")
-    caddyfile = next(u["content"] for u in proxy.plain_inputs()["uploads"] if u["file"].endswith("Caddyfile"))
+    caddyfile = next(u["content"] for u in unwrap(ev.uploads_of(proxy)) if u["file"].endswith("Caddyfile"))
     assert "handle /grafana* {" in caddyfile and "reverse_proxy grafana:3000" in caddyfile, proxy.urn
     assert ev.exports["grafanaUrl"] == "https://ai.example.com/grafana/"
     env = dict(e.split("=", 1) for e in named(ev, "monitoring-grafana").plain_inputs()["envs"])
@@ -205,7 +211,7 @@ def test_every_remote_edge_routes_the_hosts_exporters_and_workers() -> None:
     ev = prod(2)
     for i in (1, 2):
         edge = named(ev, f"edge-gpu{i}")
-        caddyfile = next(u["content"] for u in edge.plain_inputs()["uploads"] if u["file"].endswith("Caddyfile"))
+        caddyfile = next(u["content"] for u in unwrap(ev.uploads_of(edge)) if u["file"].endswith("Caddyfile"))
         for path, upstream in [
             ("/metrics/node", "node-exporter:9100"),
             ("/metrics/cadvisor", "cadvisor:8080"),
@@ -223,7 +229,7 @@ def test_every_remote_edge_routes_the_hosts_exporters_and_workers() -> None:
 def test_the_head_takes_log_pushes_through_its_own_edge_and_firewall() -> None:
     ev = prod(2)
     edge = named(ev, "edge-head")
-    caddyfile = next(u["content"] for u in edge.plain_inputs()["uploads"] if u["file"].endswith("Caddyfile"))
+    caddyfile = next(u["content"] for u in unwrap(ev.uploads_of(edge)) if u["file"].endswith("Caddyfile"))
     assert "handle /loki/api/v1/push* {" in caddyfile and "reverse_proxy loki:3100" in caddyfile, edge.urn
     assert "/metrics" not in caddyfile, f"{edge.urn}: the head's exporters are scraped on its private network"
     assert [(p["ip"], int(p["external"])) for p in edge.plain_inputs()["ports"]] == [("192.0.2.10", 8443)]
@@ -233,10 +239,10 @@ def test_the_head_takes_log_pushes_through_its_own_edge_and_firewall() -> None:
     assert encoded is not None, bootstrap.urn
     assert "8443" in base64.b64decode(encoded[1]).decode(), "the head's firewall must admit the cluster to its edge"
     for i in (1, 2):
-        alloy = config_file(named(ev, f"exporters-gpu{i}-alloy"), "config.alloy")
+        alloy = config_file(ev, named(ev, f"exporters-gpu{i}-alloy"), "config.alloy")
         assert 'url = "https://192.0.2.10:8443/loki/api/v1/push"' in alloy
         assert 'cert_file = "/run/secrets/tls.crt"' in alloy
-    head_alloy = config_file(named(ev, "exporters-head-alloy"), "config.alloy")
+    head_alloy = config_file(ev, named(ev, "exporters-head-alloy"), "config.alloy")
     assert 'url = "http://loki:3100/loki/api/v1/push"' in head_alloy and "tls_config" not in head_alloy
 
 
@@ -254,7 +260,7 @@ def test_host_level_exporters_get_only_their_named_exceptions(dev: Evaluation) -
         "cadvisor": {("/sys", "/sys")},
         "alloy": {("/var/lib/docker/containers", "/var/lib/docker/containers")},
     }
-    for c in dev.by_type(CONTAINER):
+    for c in services(dev):
         service = labels_of(c)["cluster-ai.service"]
         inputs = c.plain_inputs()
         binds = _binds(c)
@@ -315,7 +321,8 @@ def test_grafana_admin_password_is_generated_secret_and_read_from_a_file(dev: Ev
     assert env["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin_password", grafana.urn
     assert "GF_SECURITY_ADMIN_PASSWORD" not in env, grafana.urn
     assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false" and env["GF_USERS_ALLOW_SIGN_UP"] == "false", grafana.urn
-    assert isinstance(grafana.inputs["uploads"], Secret), f"{grafana.urn}: the admin password upload must be secret"
+    password_file = next(u for u in dev.uploads_of(grafana) if u["file"] == "/run/secrets/grafana_admin_password")
+    assert isinstance(password_file["content"], Secret), f"{grafana.urn}: the admin password upload must be secret"
     assert isinstance(dev.exports["grafanaPassword"], Secret)
     password = dev.named("monitoring-grafana-admin-password").outputs["result"]
     assert dev.exports["grafanaPassword"].value == password
@@ -323,10 +330,10 @@ def test_grafana_admin_password_is_generated_secret_and_read_from_a_file(dev: Ev
 
 def test_grafana_is_provisioned_with_every_dashboard_and_datasource(dev: Evaluation) -> None:
     grafana = named(dev, "monitoring-grafana")
-    files = {u["file"] for u in grafana.plain_inputs()["uploads"]}
+    files = {u["file"] for u in dev.uploads_of(grafana)}
     for name in ("cluster-overview", "gpus", "dask", "services"):
         assert f"/etc/cluster-ai/dashboards/{name}.json" in files, f"{grafana.urn} lacks the {name} dashboard"
-    sources = yaml.safe_load(config_file(grafana, "provisioning/datasources/cluster-ai.yaml"))
+    sources = yaml.safe_load(config_file(dev, grafana, "provisioning/datasources/cluster-ai.yaml"))
     assert {(d["uid"], d["url"]) for d in sources["datasources"]} == {
         ("prometheus", "http://prometheus:9090"),
         ("loki", "http://loki:3100"),
@@ -344,8 +351,9 @@ def test_alert_receivers_get_their_credentials_as_secret_files_only() -> None:
         },
     )
     am = named(ev, "monitoring-alertmanager")
-    assert isinstance(am.inputs["uploads"], Secret), am.urn
-    uploads = {u["file"]: u["content"] for u in am.plain_inputs()["uploads"]}
+    secret_files = [u for u in ev.uploads_of(am) if u["file"].startswith("/run/secrets/")]
+    assert secret_files and all(isinstance(u["content"], Secret) for u in secret_files), am.urn
+    uploads = {u["file"]: u["content"] for u in unwrap(ev.uploads_of(am))}
     assert uploads["/run/secrets/smtp_password"] == SMTP_PASSWORD
     assert uploads["/run/secrets/slack_webhook_url"] == WEBHOOK
     config = yaml.safe_load(uploads["/etc/cluster-ai/alertmanager.yml"])
@@ -361,7 +369,7 @@ def test_alert_receivers_get_their_credentials_as_secret_files_only() -> None:
 
 
 def test_dev_without_receivers_routes_alerts_to_a_null_receiver(dev: Evaluation) -> None:
-    config = yaml.safe_load(config_file(named(dev, "monitoring-alertmanager"), "alertmanager.yml"))
+    config = yaml.safe_load(config_file(dev, named(dev, "monitoring-alertmanager"), "alertmanager.yml"))
     assert config["route"]["receiver"] == "null" and config["receivers"] == [{"name": "null"}]
 
 
@@ -439,8 +447,8 @@ def test_monitoring_memory_counts_against_the_host(dev_config: dict[str, Any]) -
 
 def test_monitoring_can_be_turned_off(stack_with: Callable[..., Evaluation]) -> None:
     ev = stack_with("dev", monitoring={"enabled": False})
-    services = {labels_of(c)["cluster-ai.service"] for c in ev.by_type(CONTAINER)}
-    assert not services & (HOST_SERVICES | HEAD_SERVICES)
+    running = {labels_of(c)["cluster-ai.service"] for c in ev.by_type(CONTAINER)}
+    assert not running & (HOST_SERVICES | HEAD_SERVICES)
     assert "grafanaUrl" not in ev.exports
 
 
@@ -480,7 +488,7 @@ def test_prometheus_scrapes_remote_hosts_through_their_edges_with_a_client_certi
     [scheduler] = jobs["dask-scheduler"]["static_configs"]
     assert scheduler["targets"] == ["scheduler:8787"] and scheduler["labels"]["__metrics_path__"] == "/dask/metrics"
     prometheus = named(ev, "monitoring-prometheus")
-    files = {u["file"] for u in prometheus.plain_inputs()["uploads"]}
+    files = {u["file"] for u in ev.uploads_of(prometheus)}
     assert {"/run/secrets/tls.crt", "/run/secrets/tls.key", "/run/secrets/ca.pem"} <= files, prometheus.urn
     cert = ev.named("cluster-ca-prometheus-cert").plain_inputs()
     assert "client_auth" in cert["allowedUses"] and "server_auth" not in cert["allowedUses"]
@@ -569,7 +577,7 @@ def test_probes_cover_webui_ollama_the_dashboard_grafana_the_edges_and_the_proxy
     assert probes[("ollama", "gpu1")]["targets"] == ["https://192.0.2.11:8443/ollama/api/version"]
     assert probes[("ollama", "gpu1")]["labels"]["__param_module"] == "http_2xx_mtls"
     assert probes[("proxy", "head")]["labels"]["__param_module"] == "https_proxy"
-    blackbox = yaml.safe_load(config_file(named(ev, "monitoring-blackbox"), "blackbox.yml"))
+    blackbox = yaml.safe_load(config_file(ev, named(ev, "monitoring-blackbox"), "blackbox.yml"))
     assert blackbox["modules"]["https_proxy"]["http"]["headers"] == {"Host": "ai.example.com"}
     assert blackbox["modules"]["https_proxy"]["http"]["tls_config"]["server_name"] == "ai.example.com"
 
@@ -577,14 +585,16 @@ def test_probes_cover_webui_ollama_the_dashboard_grafana_the_edges_and_the_proxy
 def test_config_files_go_read_only_into_a_config_volume_of_their_own(dev: Evaluation) -> None:
     prometheus = named(dev, "monitoring-prometheus")
     inputs = prometheus.plain_inputs()
-    mounts = {m["target"]: m["source"] for m in inputs["mounts"] if m["type"] == "volume" and "source" in m}
-    volume = next(v for v in dev.by_type(VOLUME) if v.outputs.get("name") == mounts["/etc/cluster-ai"])
+    mounts = {m["target"]: m for m in inputs["mounts"] if m["type"] == "volume" and "source" in m}
+    assert mounts["/etc/cluster-ai"].get("readOnly") is True, f"{prometheus.urn} can write its own config"
+    volume = next(v for v in dev.by_type(VOLUME) if v.outputs.get("name") == mounts["/etc/cluster-ai"]["source"])
     assert {"label": "cluster-ai.volume", "value": "config"} in volume.plain_inputs()["labels"], volume.urn
     assert not volume.protect, f"{volume.urn}: config is rewritten on every up, not kept"
-    configs = [u for u in inputs["uploads"] if u["file"].startswith("/etc/cluster-ai/")]
+    configs = [u for u in unwrap(dev.uploads_of(prometheus)) if u["file"].startswith("/etc/cluster-ai/")]
     assert {u["file"] for u in configs} == {"/etc/cluster-ai/prometheus.yml", "/etc/cluster-ai/rules.yml"}
     for upload in configs:
-        assert (upload["permissions"], upload["owner"], upload["group"]) == ("0444", "0", "0"), prometheus.urn
+        # Root-owned (no owner given), readable, never writable: the service mounts the volume read-only.
+        assert (upload["permissions"], upload.get("owner"), upload.get("group")) == ("0444", None, None), prometheus.urn
 
 
 def test_only_the_host_pid_namespace_is_accepted() -> None:

@@ -679,13 +679,13 @@ def test_make_prints_only_the_json_on_stdout(target: str, args: str) -> None:
 
 
 def test_plan_shows_secret_inputs_only_when_asked(capsys: pytest.CaptureFixture[str]) -> None:
-    """Open WebUI's uploads hold one secret file, so the whole list is secret: a reviewer
-    reads it with --show-secrets, as with `pulumi preview --show-secrets`."""
+    """Open WebUI's uploads (carried by its file holder) hold one secret file, so the whole list
+    is secret: a reviewer reads it with --show-secrets, as with `pulumi preview --show-secrets`."""
     assert main(["plan", "dev", "--json"]) == 0
     redacted = json.loads(capsys.readouterr().out)
     assert main(["plan", "dev", "--json", "--show-secrets"]) == 0
     shown = json.loads(capsys.readouterr().out)
-    webui = next(r for r in redacted["resources"] if r["name"] == "webui" and r["type"] == CONTAINER)
+    webui = next(r for r in redacted["resources"] if r["name"] == "webui-files" and r["type"] == CONTAINER)
     webui_shown = next(r for r in shown["resources"] if r["urn"] == webui["urn"])
     assert webui["inputs"]["uploads"] == "[secret]" and "uploads" in webui["secrets"]
     files = sorted(u["file"] for u in webui_shown["inputs"]["uploads"])
@@ -756,15 +756,20 @@ def test_adding_a_gpu_node_changes_what_the_runbook_says() -> None:
         keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
         if keys:
             changed[before[urn].name] = keys
+    # Files travel in each service's holder (`<name>-files`); the service is replaced with its
+    # holder through its replacement trigger (the holder's id), which an engine preview shows.
     assert changed == {
-        "egress": ["uploads"],
-        "edge-head": ["uploads"],
+        "egress-files": ["uploads"],
+        "edge-head-files": ["uploads"],
         "head-bootstrap-run": ["stdin", "triggers"],
         "gpu1-bootstrap-run": ["stdin", "triggers"],
         "gpu2-bootstrap-run": ["stdin", "triggers"],
-        "monitoring-prometheus": ["uploads"],
+        "monitoring-prometheus-files": ["uploads"],
         "webui": ["envs"],
     }
+    for holder in ("egress-files", "edge-head-files", "monitoring-prometheus-files"):
+        service = next(r for r in after.values() if r.type == CONTAINER and r.name == holder.removesuffix("-files"))
+        assert f"{holder}-id" in str(service.replacement_trigger), f"{service.urn} is not replaced with {holder}"
     runbook = (REPO / "docs" / "operations.md").read_text()
     for name, keys in changed.items():
         assert f"`~ {name}" in runbook and str(keys) in runbook, f"docs/operations.md does not list {name} {keys}"
