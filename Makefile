@@ -66,11 +66,13 @@ endef
 
 # up and preview apply the policy pack in policies/, as `python -m stacks up` does:
 # a mandatory violation stops the update before anything changes.
+# Through `python -m stacks`: the policy pack applied, a database dump before an update
+# that touches the data, and a line in the audit log (docs/operations.md).
 up: stack-ready
-	@$(PULUMI_ENV) pulumi up --stack $(STACK) --policy-pack policies $(ARGS); $(exit_code)
+	@$(PULUMI_ENV) $(BIN)/python -m stacks up $(STACK) $(ARGS); $(exit_code)
 
 preview: stack-ready
-	@$(PULUMI_ENV) pulumi preview --stack $(STACK) --policy-pack policies $(ARGS); $(exit_code)
+	@$(PULUMI_ENV) $(BIN)/python -m stacks preview $(STACK) $(ARGS); $(exit_code)
 
 # Through `python -m stacks destroy`: it asks for the stack's name (ARGS=--yes=STACK in
 # scripts) and writes the audit log.

@@ -164,8 +164,26 @@ export CLUSTER_AI_TOOLCHAIN_BIN="$BIN"
 # The language host (v$PULUMI_LANGUAGE_PYTHON_SDK_VERSION) does not receive the project's
 # runtime.options.virtualenv from this CLI: it runs this interpreter (docs/engine.md).
 export PULUMI_PYTHON_CMD="\${PULUMI_PYTHON_CMD:-$ROOT/.venv/bin/python}"
+# That host cannot start a policy pack for this CLI (docs/engine.md): the pack runs
+# through the CLI's analyzer path, from a copy whose runtime no language host claims.
+export CLUSTER_AI_POLICY_PACK="\${CLUSTER_AI_POLICY_PACK:-$ROOT/.pulumi-policy-pack}"
 EOF
   cp "$PREFIX/env.sh" "$CACHE/env.sh.partial" && mv "$CACHE/env.sh.partial" "$CACHE/env.sh"
+  analyzer_pack
+}
+
+# The runtime name of that copy, and the SDK's analyzer script under the name the CLI
+# looks for (`pulumi-analyzer-policy-<runtime>`).
+ANALYZER_RUNTIME=python-analyzer
+analyzer_pack() {
+  local pack="$ROOT/.pulumi-policy-pack" item
+  rm -rf "$pack" && mkdir -p "$pack"
+  for item in "$ROOT"/policies/*; do
+    case "${item##*/}" in PulumiPolicy.yaml | __pycache__) ;; *) ln -s "$item" "$pack/" ;; esac
+  done
+  "$PYTHON" -c 'import sys, yaml; m = yaml.safe_load(open(sys.argv[1])); m["runtime"] = {"name": sys.argv[3], "options": {"virtualenv": sys.argv[4]}}; open(sys.argv[2], "w").write(yaml.safe_dump(m, sort_keys=False))' \
+    "$ROOT/policies/PulumiPolicy.yaml" "$pack/PulumiPolicy.yaml" "$ANALYZER_RUNTIME" "$ROOT/.venv"
+  ln -sf pulumi-analyzer-policy-python "$BIN/pulumi-analyzer-policy-$ANALYZER_RUNTIME"
 }
 
 build cli "$BIN/pulumi" build_cli

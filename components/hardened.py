@@ -7,8 +7,11 @@ the image pinned through `RemoteImage.image_id`, every capability dropped,
 one, memory and CPU limits, a healthcheck, a bounded restart policy, log rotation,
 labels, private networks only, and no published port unless one is asked for,
 bound to an explicit address. Secrets never go into the container's environment:
-they are uploaded as files (mode 0400, owned by the service's user) into a small
-volume of their own, which is the only place a read-only container accepts uploads.
+they are files (read-only, root-owned 0444) in a small volume of their own, which
+only that service mounts (read-only). The engine refuses uploads into a read-only
+container, so the files go in through a "file holder": a container created for
+the purpose and never started (`_file_holder`). A run-once task (`run_once`) is
+the other kind of container: `up` waits for it to finish and keeps its output.
 """
 
 from __future__ import annotations
@@ -217,9 +220,7 @@ def hardened_container(
         )
         file_mounts.append(Mount(volume=config.name, target=CONFIG_DIR, read_only=True))
         uploads += [
-            docker.ContainerUploadArgs(
-                file=f"{CONFIG_DIR}/{path.lstrip('/')}", content=content, permissions="0444"
-            )
+            docker.ContainerUploadArgs(file=f"{CONFIG_DIR}/{path.lstrip('/')}", content=content, permissions="0444")
             for path, content in sorted(spec.config_files.items())
         ]
     holder = _file_holder(name, spec, image.image_id, file_mounts, uploads, opts) if uploads else None
@@ -254,12 +255,14 @@ def hardened_container(
         user=spec.user,
         read_only=spec.read_only_root,
         capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"], adds=sorted(spec.cap_add) or None),
-        security_opts=["no-new-privileges:true"],
+        # Docker adds label=disable to a container in the host's PID namespace; declared,
+        # so the declaration is what the engine runs (no drift on every refresh).
+        security_opts=["no-new-privileges:true", *(["label=disable"] if spec.pid_mode == "host" else [])],
         privileged=False,
         memory=spec.memory_mb,
         # Swap would let a container overrun its memory limit on disk.
         memory_swap=spec.memory_mb,
-        cpus=f"{spec.cpus:g}",
+        cpus=cpus_text(spec.cpus),
         **_lifecycle(spec),
         log_driver="json-file",
         log_opts=LOG_OPTS,
@@ -354,14 +357,39 @@ def _lifecycle(spec: ServiceContainer) -> dict[str, Any]:
         "max_retry_count": MAX_RESTARTS,
         "healthcheck": docker.ContainerHealthcheckArgs(
             tests=list(check.test),
-            interval=f"{check.interval_s}s",
-            timeout=f"{check.timeout_s}s",
+            interval=go_duration(check.interval_s),
+            timeout=go_duration(check.timeout_s),
             retries=check.retries,
-            start_period=f"{check.start_period_s}s",
+            start_period=go_duration(check.start_period_s),
         ),
         "wait": spec.wait_healthy,
         "wait_timeout": check.start_period_s + check.interval_s * (check.retries + 1),
     }
+
+
+# The docker provider reads a container back from the engine and writes what it
+# finds into its state: an input spelled otherwise than that reading is a diff on
+# every `up`. These two spell values the way the provider reads them.
+
+
+def cpus_text(cpus: float) -> str:
+    """`--cpus` as the provider reads it back: `1.0`, `0.5`, `0.25` (nano-CPUs, trailing zeros cut)."""
+    nano = round(cpus * 1_000_000_000)
+    whole, fraction = divmod(nano, 1_000_000_000)
+    return f"{whole}.0" if fraction == 0 else f"{whole}.{fraction:09d}".rstrip("0")
+
+
+def go_duration(seconds: int) -> str:
+    """A healthcheck duration as Go's `time.Duration.String()` prints it: `15s`, `1m0s`, `1h0m0s`."""
+    if seconds < 0:
+        raise ValueError(f"a duration cannot be negative: {seconds}")
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
 
 
 def _masks(host_paths: Sequence[HostPath]) -> dict[str, str]:

@@ -73,8 +73,8 @@ def is_file_holder(props: Mapping[str, Any]) -> bool:
     healthcheck, CPU and memory limits) have nothing to check; every rule about what a
     created container holds (its image, mounts, capabilities, privileges, labels) still
     applies. Anything less than all of these is an ordinary container, checked in full.
-    Restart "no" as well: Docker before 18.06 started a created container whose policy
-    was `always` when the daemon started (moby/moby#36924).
+    Restart "no" as well: older Docker engines started a never-started container whose
+    policy was `always` when the daemon started (fixed by moby/moby#36924).
     """
     capabilities = mapping(props.get("capabilities"))
     return (
@@ -122,7 +122,12 @@ def apparmor_profile_kept(args: ResourceValidationArgs, report: ReportViolation)
 
 
 def selinux_labels_kept(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    host_pid = str(args.props.get("pidMode") or "").lower() == "host"
     for name, value in security_options(args.props):
+        # Docker itself adds label=disable to a container that shares the host's PID
+        # namespace; that sharing is governed (and excepted by name) by its own rule.
+        if name == "label" and value.lower() == "disable" and host_pid:
+            continue
         if name == "label" and (value.lower() == "disable" or value.lower() == "type:spc_t"):
             report(f"{who(args)} turns SELinux separation off (security option 'label={value}').")
 

@@ -1,7 +1,8 @@
 """`preview`, `up`, `destroy` and `drift` of a stack, through Pulumi's Automation API.
 
-    python -m stacks preview STACK   the changes `up` would make, policy pack applied
-    python -m stacks up STACK        converge the stack (progress streamed), policy pack applied
+    python -m stacks preview STACK   the changes `up` would make (live state read first), policy pack applied
+    python -m stacks up STACK        converge the stack on what is really there (refresh first: a
+                                     change made by hand is repaired), policy pack applied
     python -m stacks destroy STACK   remove everything the stack holds, once the stack's name
                                      is typed at the prompt (or given as --yes=STACK, for CI)
     python -m stacks drift STACK     `refresh --preview-only --expect-no-changes`: a JSON report
@@ -167,8 +168,13 @@ def require_cli(which: Callable[[str], str | None] = shutil.which) -> Any:
 
 
 def policy_packs(root: Path = REPO, *, enabled: bool = True) -> list[str]:
-    """The repository's policy pack, when it exists and is wanted."""
-    pack = root / "policies"
+    """The repository's policy pack, when it exists and is wanted.
+
+    `CLUSTER_AI_POLICY_PACK` names another copy of it: the offline toolchain's
+    (docs/engine.md) starts the same pack through the CLI's analyzer path.
+    """
+    override = os.environ.get("CLUSTER_AI_POLICY_PACK")
+    pack = Path(override) if override else root / "policies"
     if enabled and (pack / POLICY_PACK_FILE).is_file():
         return [str(pack)]
     return []
@@ -494,7 +500,7 @@ def backup_before_up(
     if not backups:
         return None  # backups are off for this stack
     events: list[Any] = []
-    stack.preview(on_event=events.append, policy_packs=packs or None, color="never")
+    stack.preview(on_event=events.append, policy_packs=packs or None, refresh=True, color="never")
     changes = data_changes(events, data_container_urns(evaluation))
     if not changes:
         progress("pre-update backup: not needed (the plan does not change PostgreSQL or Open WebUI)")
@@ -550,7 +556,9 @@ def run_operation(
         _guarded(
             args.stack,
             operation,
-            lambda: stack.preview(on_output=progress, policy_packs=packs or None, diff=args.diff, color="never"),
+            lambda: stack.preview(
+                on_output=progress, policy_packs=packs or None, diff=args.diff, refresh=True, color="never"
+            ),
         )
         return EXIT_OK
     return _changing(stack, args, backend, packs, progress, err=err, client_for=client_for)
@@ -605,6 +613,9 @@ def _changing(
                     on_event=events.append,
                     policy_packs=packs or None,
                     diff=args.diff,
+                    # Converge on what is really there: a container removed or changed
+                    # by hand is read first, then put back as declared.
+                    refresh=True,
                     color="never",
                 ),
             )

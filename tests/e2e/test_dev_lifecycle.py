@@ -5,7 +5,7 @@ toolchain` builds from Go modules (tests/support/engine.py finds them); the imag
 are the ones `make images` builds and serves from the local registry on
 127.0.0.1:5000 (Pulumi.e2e.yaml); the model is a tiny GGUF this test writes,
 `ollama create`d by the real Ollama and pushed to a private model registry on the
-private address of this machine (a dummy interface the test makes), where the
+private address of this machine (a veth pair the test makes), where the
 stack's own Ollama pulls it. Everything runs
 through `python -m stacks` (the Automation API) on a throwaway file backend.
 
@@ -40,10 +40,10 @@ UP_TIMEOUT_S = 1800
 MODEL_TAG = "1"
 
 
-# Two addresses of a dummy interface this test makes on this machine (traffic to them
+# Two addresses of a veth pair this test makes on this machine (traffic to them
 # never leaves it): containers reach the host through their gateway, and Ollama needs
 # its registry and the registry's blob host under two different names.
-MODEL_LINK = "cai-e2e-models"
+MODEL_LINK = "cai-e2e-m"
 MODEL_REGISTRY_ADDRESS = "10.213.77.1"
 MODEL_FILES_ADDRESS = "10.213.77.2"
 
@@ -52,13 +52,14 @@ MODEL_FILES_ADDRESS = "10.213.77.2"
 def model_addresses() -> Iterator[tuple[str, str]]:
     for address in (MODEL_REGISTRY_ADDRESS, MODEL_FILES_ADDRESS):
         assert ipaddress.ip_address(address).is_private, address
-    ip = ["ip", "link", "add", MODEL_LINK, "type", "dummy"]
+    ip = ["ip", "link", "add", MODEL_LINK, "type", "veth", "peer", "name", f"{MODEL_LINK}-p"]
     subprocess.run(["ip", "link", "del", MODEL_LINK], capture_output=True, check=False, timeout=10)
     subprocess.run(ip, capture_output=True, check=True, timeout=10)
     try:
         for address in (MODEL_REGISTRY_ADDRESS, MODEL_FILES_ADDRESS):
             subprocess.run(["ip", "addr", "add", f"{address}/32", "dev", MODEL_LINK], check=True, timeout=10)
-        subprocess.run(["ip", "link", "set", MODEL_LINK, "up"], check=True, timeout=10)
+        for link in (MODEL_LINK, f"{MODEL_LINK}-p"):
+            subprocess.run(["ip", "link", "set", link, "up"], check=True, timeout=10)
         yield MODEL_REGISTRY_ADDRESS, MODEL_FILES_ADDRESS
     finally:
         subprocess.run(["ip", "link", "del", MODEL_LINK], capture_output=True, check=False, timeout=10)
@@ -258,7 +259,11 @@ def test_the_policy_pack_passes_and_a_violation_fails_the_preview_naming_the_pol
     # The same pack, told that this stack is a strict (prod) one: its tag-only
     # images break the mandatory digest rule.
     config = tmp_path / "strict.json"
-    config.write_text(json.dumps({"images-pinned-by-digest-in-prod": {"strictStacks": [stack.stack]}}))
+    config.write_text(
+        json.dumps(
+            {"images-pinned-by-digest-in-prod": {"enforcementLevel": "mandatory", "strictStacks": [stack.stack]}}
+        )
+    )
     strict = stack.pulumi(
         "preview", "--policy-pack", str(stack.root / "policies"), "--policy-pack-config", str(config), timeout=900
     )

@@ -25,7 +25,7 @@ import yaml
 from stacks import automation
 from stacks.plan import evaluate_stack
 from stacks.stackfile import REPO
-from stacks.status import DeclaredContainer, declared_containers
+from stacks.status import SERVICE, DeclaredContainer, declared_containers
 from tests.support.dockerd import ensure_docker_engine
 
 pytestmark = pytest.mark.integration
@@ -93,7 +93,10 @@ def _tar(name: str, content: str, *, mode: int, owner: int = 0) -> bytes:
 @pytest.fixture(scope="module")
 def deployed(client: Any) -> Iterator[tuple[DeclaredContainer, Any, Any]]:
     """A server and the declared backup service on a private network, labelled as the stack labels them."""
-    declared = next(c for c in declared_containers(evaluate_stack("dev")) if c.service == "backup")
+    # The backup service itself, not its file holder (same service label, never started).
+    declared = next(
+        c for c in declared_containers(evaluate_stack("dev")) if c.service == "backup" and c.role == SERVICE
+    )
     backup_inputs = next(r for r in evaluate_stack("dev").by_type(automation.CONTAINER) if r.name == declared.name)
     inputs = backup_inputs.plain_inputs()
     env = dict(item.split("=", 1) for item in inputs["envs"])
@@ -134,7 +137,8 @@ def deployed(client: Any) -> Iterator[tuple[DeclaredContainer, Any, Any]]:
             volumes={volume.name: {"bind": env["BACKUP_DIR"], "mode": "rw"}},
         )
         created.append(backup)
-        assert backup.put_archive("/run", _tar("secrets/postgres_password", PASSWORD, mode=0o400, owner=999))
+        # As the file holder leaves it in the secrets volume: root-owned, 0444 (read by uid 999).
+        assert backup.put_archive("/run", _tar("secrets/postgres_password", PASSWORD, mode=0o444, owner=0))
         backup.start()
         _wait(lambda: b"backup: wrote" in backup.logs(), "the scheduled dump at start")
         # Written after the scheduled dump: only a fresh dump holds it.

@@ -6,8 +6,8 @@ from the plan, as real processes on loopback:
 - the Dask scheduler and both workers, from their declared command lines (the
   same localization tests/integration/test_dask_cli.py does, reused from there);
 - the node exporter (Debian's `prometheus-node-exporter`) with its declared
-  entrypoint (the backup-textfile script in the background, then the exporter)
-  and flags;
+  flags, and the backup-metrics sidecar's declared command (the backup-textfile
+  script its file holder carries) writing the directory the exporter reads;
 - Prometheus (Debian's, 2.42) with the declared `prometheus.yml` and `rules.yml`.
 
 What the test's copy changes, and why (nothing else):
@@ -239,7 +239,9 @@ def running(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         workers[flag(command_of(c), "--name")] = process
         addresses[f"{c.name}:8788"] = f"{LOOPBACK}:{http}"
 
-    # The node exporter with its declared flags, and the backup textfile script beside it.
+    # The node exporter with its declared flags, and the backup-metrics sidecar beside it: its
+    # declared command (the textfile script, from its file holder) writes into the directory
+    # the exporter reads (a shared tmpfs volume in the containers).
     node = container(ev, "exporters-local-node-exporter")
     textfile = tmp / "textfile"
     textfile.mkdir()
@@ -253,16 +255,15 @@ def running(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         value = {"--path.rootfs": "/", "--web.listen-address": f"{LOOPBACK}:{node_port}"}.get(key, value)
         value = str(textfile) if key == "--collector.textfile.directory" else value
         node_flags.append(f"{key}={value}")
-    # The declared entrypoint: the textfile script in the background, then exec the exporter.
-    (tmp / "backup-textfile.sh").write_text(uploaded(ev, node, "/etc/cluster-ai/backup-textfile.sh"))
-    shell, dash_c, wrapper, arg0 = node.plain_inputs()["entrypoints"]
-    assert (shell, dash_c, arg0) == ("/bin/sh", "-c", "node-exporter")
-    declared_start = "sh /etc/cluster-ai/backup-textfile.sh /backup/last-success /textfile 60 &"
-    assert wrapper.count(declared_start) == 1 and wrapper.count("exec /bin/node_exporter") == 1, wrapper
-    wrapper = wrapper.replace(
-        declared_start, f"sh {tmp / 'backup-textfile.sh'} {backup_dir / 'last-success'} {textfile} 1 &"
-    ).replace("exec /bin/node_exporter", f"exec {node_bin}")
-    processes.append(start(["sh", "-c", wrapper, arg0, *node_flags], node.name, tmp, []))
+    assert "entrypoints" not in node.plain_inputs(), f"{node.urn}: the image's node_exporter is its entrypoint"
+    sidecar = container(ev, "exporters-local-backup-metrics")
+    (tmp / "backup-textfile.sh").write_text(uploaded(ev, sidecar, "/etc/cluster-ai/backup-textfile.sh"))
+    entrypoint, command = sidecar.plain_inputs()["entrypoints"], sidecar.plain_inputs()["command"]
+    assert entrypoint == ["/bin/sh"], sidecar.urn
+    assert command == ["/etc/cluster-ai/backup-textfile.sh", "/backup/last-success", "/textfile", "60"], sidecar.urn
+    local_command = [str(tmp / "backup-textfile.sh"), str(backup_dir / "last-success"), str(textfile), "1"]
+    processes.append(start(["sh", *local_command], sidecar.name, tmp, []))
+    processes.append(start([node_bin, *node_flags], node.name, tmp, []))
     addresses["node-exporter:9100"] = f"{LOOPBACK}:{node_port}"
 
     # Prometheus with the declared config and rules.

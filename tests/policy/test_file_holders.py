@@ -116,3 +116,42 @@ def test_a_holder_is_checked_for_what_it_holds(mutate: Callable[[dict[str, Any]]
     (changed,) = [s for s in subjects if s.urn == holder.urn]
     assert is_file_holder(changed.props), f"{holder.urn}: the case must stay a holder"
     assert _fired_on(_run(subjects), holder.urn) == {rule}, holder.urn
+
+
+# -- the shipped prod graph: its edges' Caddyfiles are in their holders ---------------------------
+
+EDGE_RULE = "edge-routes-name-their-clients"
+
+
+def _without_subject_matches(text: str) -> str:
+    """The Caddyfile with every route's client-subject match taken out: any CA client gets through."""
+    from policies.segmentation import SUBJECT_MATCH
+
+    lines = text.splitlines(keepends=True)
+    kept = [line for line in lines if not line.strip().startswith(SUBJECT_MATCH)]
+    assert len(kept) < len(lines), "the edge's Caddyfile names its clients by subject"
+    return "".join(kept)
+
+
+def test_the_prod_edges_are_checked_through_their_holders() -> None:
+    from dataclasses import replace
+
+    from policies.pack import rule
+    from stacks.plan import evaluate_stack
+    from stacks.policy_check import subjects
+
+    graph = subjects(evaluate_stack("prod"))
+    by_name = {s.name: s for s in graph if s.type == "docker:index/container:Container"}
+    edge, holder = by_name["edge-gpu1"], by_name["edge-gpu1-files"]
+    assert "uploads" not in edge.props and is_file_holder(holder.props), holder.urn
+    untouched = run(graph, config=PolicyConfig.parse({}), rules=[rule(EDGE_RULE)])
+    assert untouched.verdict(EDGE_RULE).outcome is Outcome.PASSED, untouched.violations
+
+    uploads = [
+        {**u, "content": _without_subject_matches(u["content"])} if str(u["file"]).endswith("/Caddyfile") else u
+        for u in holder.props["uploads"]
+    ]
+    edited = [replace(s, props={**s.props, "uploads": uploads}) if s.urn == holder.urn else s for s in graph]
+    report = run(edited, config=PolicyConfig.parse({}), rules=[rule(EDGE_RULE)])
+    assert {v.urn for v in report.violations} == {edge.urn}, report.violations
+    assert any("names no client certificate subject it serves" in v.message for v in report.violations)

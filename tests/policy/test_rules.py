@@ -346,3 +346,14 @@ def test_the_providers_default_network_mode_with_networks_of_its_own_is_not_the_
     fixtures = dev_stack()
     report = _run(broken(fixtures, "scheduler", _set("networkMode", "bridge")), {})
     assert [v.rule for v in report.violations] == [], fixtures["scheduler"].urn
+
+
+def test_the_label_docker_adds_for_the_host_pid_namespace_is_not_a_second_violation() -> None:
+    """Docker adds `label=disable` to a container sharing the host's PID namespace; the
+    node exporter declares it so its declaration matches the engine (no drift)."""
+    fixtures = dev_stack()
+    with_host_pid = _run(
+        broken(fixtures, "scheduler", lambda p: p.update(securityOpts=["no-new-privileges:true", "label=disable"])),
+        {},
+    )
+    assert "selinux-labels-kept" in {v.rule for v in with_host_pid.violations}, "label=disable alone must fire"

@@ -152,6 +152,8 @@ def make_workspace(
         "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
         # The language host runs this interpreter (docs/engine.md): this checkout's venv.
         "PULUMI_PYTHON_CMD": str(REPO / ".venv" / "bin" / "python"),
+        # `python -m stacks` applies this workspace's copy of the pack.
+        "CLUSTER_AI_POLICY_PACK": str(base / "policies"),
     }
     workspace = Workspace(base, stack, env)
     login = workspace._run(["pulumi", "login", f"file://{state}"], 60, None)

@@ -117,7 +117,8 @@ def test_services_keep_the_containers_runtime_settings(rendered: Any, evaluation
         assert service["image"] == images[declared["image"]] and service["image"].startswith("127.0.0.1:5000/"), name
         assert service["read_only"] is bool(declared.get("readOnly")), name
         assert service["cap_drop"] == ["ALL"], name
-        assert service["security_opt"] == ["no-new-privileges:true"], name
+        assert service["security_opt"] == list(declared["securityOpts"]), name
+        assert "no-new-privileges:true" in service["security_opt"], name
         assert service["mem_limit"] == f"{int(declared['memory'])}m", name
         assert service["memswap_limit"] == f"{int(declared['memorySwap'])}m", name
         assert service["cpus"] == float(declared["cpus"]), name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 
 import pytest
@@ -393,3 +394,25 @@ def test_dev_head_networks_keep_open_webui_and_grafana_to_what_they_use(dev: Eva
     for client, alias in [("ollama-local-model-sync", "ollama"), ("dask-workers-local-0", "scheduler"),
                           ("monitoring-prometheus", "dask-workers-local-0"), ("monitoring-blackbox", "ollama")]:  # fmt: skip
         assert dials(dev, client, alias), f"{containers(dev)[client].urn} cannot reach {alias}"
+
+
+GO_DURATION = re.compile(r"^(?:[1-9]\d*h(?:[0-5]?\d)m(?:[0-5]?\d)s|[1-9]\d?m(?:[0-5]?\d)s|(?:[0-5]?\d)s)$")
+
+
+def test_inputs_are_spelled_as_the_provider_reads_them_back(dev: Evaluation) -> None:
+    """The real docker provider writes what it reads from the engine into its state: `cpus`
+    as `1.0`/`0.5` and healthcheck durations as Go prints them (`1m0s`, never `60s`).
+    Spelled otherwise, every `up` after the first replaces the container (found by the
+    e2e tier's second `up`)."""
+    from components.hardened import cpus_text, go_duration
+
+    assert (cpus_text(1), cpus_text(0.5), cpus_text(2.25)) == ("1.0", "0.5", "2.25")
+    assert (go_duration(15), go_duration(60), go_duration(90), go_duration(3600)) == ("15s", "1m0s", "1m30s", "1h0m0s")
+    for c in dev.by_type(CONTAINER):
+        inputs = c.plain_inputs()
+        if "cpus" in inputs:
+            assert re.fullmatch(r"\d+\.(?:0|\d*[1-9])", inputs["cpus"]), f"{c.urn}: cpus {inputs['cpus']!r}"
+        for key in ("interval", "timeout", "startPeriod"):
+            value = (inputs.get("healthcheck") or {}).get(key)
+            if value is not None:
+                assert GO_DURATION.fullmatch(value), f"{c.urn}: healthcheck {key} {value!r}"

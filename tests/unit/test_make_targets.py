@@ -33,9 +33,23 @@ def test_up_and_preview_apply_the_policy_pack(target: str) -> None:
     recipe = subprocess.run(
         [str(MAKE), "-n", target, "STACK=dev"], cwd=REPO, capture_output=True, text=True, timeout=60, check=False
     ).stdout
-    line = next(line for line in recipe.splitlines() if f"pulumi {target} " in line)
-    assert "--policy-pack policies" in line, line
+    line = next(line for line in recipe.splitlines() if f"-m stacks {target} " in line)
+    # `python -m stacks up|preview` applies the pack unless told --no-policies.
+    assert "--no-policies" not in line, line
     assert "the command exited" in line, "a failure must print the command's own exit code"
+
+
+def test_the_stacks_commands_apply_the_repositorys_pack_or_the_one_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stacks.automation import policy_packs
+
+    monkeypatch.delenv("CLUSTER_AI_POLICY_PACK", raising=False)
+    assert policy_packs(REPO) == [str(REPO / "policies")]
+    assert policy_packs(REPO, enabled=False) == []
+    (tmp_path / "PulumiPolicy.yaml").write_text("runtime: python-analyzer\n")
+    monkeypatch.setenv("CLUSTER_AI_POLICY_PACK", str(tmp_path))
+    assert policy_packs(REPO) == [str(tmp_path)], "the offline toolchain's copy of the pack"
 
 
 def test_a_mandatory_policy_violation_is_reported_as_exit_5(tmp_path: Path) -> None:

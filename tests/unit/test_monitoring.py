@@ -270,7 +270,9 @@ def test_host_level_exporters_get_only_their_named_exceptions(dev: Evaluation) -
             assert "docker.sock" not in m["source"] and not m["source"].startswith(("/var/run", "/run")), c.urn
         assert inputs.get("pidMode") == ("host" if service == "node-exporter" else None), c.urn
         assert inputs["readOnly"] is True or service == "webui", f"{c.urn} has a writable root"
-        assert inputs["securityOpts"] == ["no-new-privileges:true"] and inputs["privileged"] is False, c.urn
+        # Docker adds label=disable to a container in the host's PID namespace: declared as such.
+        expected_opts = ["no-new-privileges:true", *(["label=disable"] if service == "node-exporter" else [])]
+        assert inputs["securityOpts"] == expected_opts and inputs["privileged"] is False, c.urn
         if service in HOST_SERVICES | HEAD_SERVICES:
             assert inputs["capabilities"] == {"drops": ["ALL"]}, c.urn
 
