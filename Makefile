@@ -3,6 +3,8 @@
 #   make test   run every test tier (the e2e tier skips, saying why, without the Pulumi CLI)
 
 SHELL := /bin/bash
+# Never print "Entering directory": users pipe `make plan ARGS=--json` into JSON tools.
+MAKEFLAGS += --no-print-directory
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -80,7 +82,7 @@ destroy: stack-ready
 	@$(PULUMI_ENV) $(BIN)/python -m stacks destroy $(STACK) $(ARGS)
 
 test: deps
-	$(BIN)/python -m pytest -n auto --dist loadgroup $(ARGS)
+	$(BIN)/python -m pytest -n auto --dist loadscope $(ARGS)
 
 test-unit: deps
 	$(BIN)/python -m pytest tests/unit $(ARGS)

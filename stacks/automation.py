@@ -173,8 +173,12 @@ def policy_packs(root: Path = REPO, *, enabled: bool = True) -> list[str]:
     `CLUSTER_AI_POLICY_PACK` names another copy of it: the offline toolchain's
     (docs/engine.md) starts the same pack through the CLI's analyzer path.
     """
+    pack = root / "policies"
+    if not enabled or not (pack / POLICY_PACK_FILE).is_file():
+        return []
     override = os.environ.get("CLUSTER_AI_POLICY_PACK")
-    pack = Path(override) if override else root / "policies"
+    if override and (Path(override) / POLICY_PACK_FILE).is_file():
+        pack = Path(override)
     if enabled and (pack / POLICY_PACK_FILE).is_file():
         return [str(pack)]
     return []

@@ -34,7 +34,9 @@ from stacks.stackfile import REPO
 from tests.support import ollama_real
 from tests.support.engine import Workspace, diagnostics, engine_env_or_skip, make_workspace, secret_strings
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-dev")]
+# One module, one deployment: `make test` runs with --dist loadscope, so every test of
+# this module runs in the same worker, in order.
+pytestmark = [pytest.mark.e2e]
 
 UP_TIMEOUT_S = 1800
 MODEL_TAG = "1"

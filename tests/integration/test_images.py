@@ -53,7 +53,8 @@ POLL_S = 3
 EXTRA_WAIT_S = 120
 # Postgres and Redis, which the monitoring and Open WebUI wait for, are up in well under this.
 START_ORDER_S = 240
-DURATION = re.compile(r"^(\d+)s$")
+# Go's time.Duration.String(): how the program spells durations (components/hardened.go_duration).
+DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(\d+)s$")
 # Containers the images run as declared but the program itself keeps from turning
 # healthy (docs/images.md, "Found by running the real images"): name -> (why, a shell
 # probe run in the container that succeeds while the bug is there). The probe is
@@ -91,8 +92,9 @@ def listed_images() -> dict[str, str]:
 
 def seconds(duration: str) -> int:
     match = DURATION.match(duration)
-    assert match, f"healthcheck duration {duration!r} is not in seconds"
-    return int(match[1])
+    assert match, f"healthcheck duration {duration!r} is not a Go duration (15s, 1m0s)"
+    hours, minutes, secs = (int(part or 0) for part in match.groups())
+    return hours * 3600 + minutes * 60 + secs
 
 
 # -- the engine ----------------------------------------------------------------------

@@ -50,6 +50,7 @@ def test_the_stacks_commands_apply_the_repositorys_pack_or_the_one_named(
     (tmp_path / "PulumiPolicy.yaml").write_text("runtime: python-analyzer\n")
     monkeypatch.setenv("CLUSTER_AI_POLICY_PACK", str(tmp_path))
     assert policy_packs(REPO) == [str(tmp_path)], "the offline toolchain's copy of the pack"
+    assert policy_packs(tmp_path) == [], "a copy stands in only for a pack the root has"
 
 
 def test_a_mandatory_policy_violation_is_reported_as_exit_5(tmp_path: Path) -> None:

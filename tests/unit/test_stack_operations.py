@@ -150,7 +150,10 @@ def test_an_unknown_stack_is_exit_6(root: Path, capsys: pytest.CaptureFixture[st
     assert "no stack config Pulumi.nope.yaml" in capsys.readouterr().err
 
 
-def test_the_policy_pack_is_applied_when_it_exists_and_not_when_disabled(tmp_path: Path) -> None:
+def test_the_policy_pack_is_applied_when_it_exists_and_not_when_disabled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CLUSTER_AI_POLICY_PACK", raising=False)
     assert automation.policy_packs(tmp_path) == []
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "PulumiPolicy.yaml").write_text("runtime: python\n")
