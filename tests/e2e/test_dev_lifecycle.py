@@ -281,7 +281,9 @@ def secret_paths(encrypted: Any, plain: Any) -> Iterator[Any]:
     sig = "4dabf18193072939515e22adb298388d"
     if isinstance(encrypted, dict):
         if sig in encrypted and "ciphertext" in encrypted:
-            yield plain
+            # Revealed, the same wrapper carries the value as JSON text in `plaintext`
+            # (the signature itself is in every checkpoint: it is not the secret).
+            yield plain.get("plaintext") if isinstance(plain, dict) and sig in plain else plain
             return
         for key, value in encrypted.items():
             if isinstance(plain, dict) and key in plain:
