@@ -193,8 +193,13 @@ def diagnostics(result: subprocess.CompletedProcess[str], limit: int = 6000) -> 
     )
 
 
+# Keys of a secret structure that are its shape, not its secret: an upload list is
+# secret as a whole when one file in it is, but its file names appear in plain env.
+STRUCTURAL_KEYS = frozenset({"file", "permissions", "executable", "owner", "group", "source"})
+
+
 def secret_strings(value: Any) -> Iterable[str]:
-    """Every string inside a (decrypted) output value worth grepping for: long enough to be unique."""
+    """Every string inside a (decrypted) secret value worth grepping for: long enough to be unique."""
     if isinstance(value, str):
         if len(value) >= 12:
             yield value
@@ -203,8 +208,9 @@ def secret_strings(value: Any) -> Iterable[str]:
                 if len(line) >= 40 and not line.startswith("-----"):
                     yield line
     elif isinstance(value, Mapping):
-        for item in value.values():
-            yield from secret_strings(item)
+        for key, item in value.items():
+            if key not in STRUCTURAL_KEYS:
+                yield from secret_strings(item)
     elif isinstance(value, list):
         for item in value:
             yield from secret_strings(item)
