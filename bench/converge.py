@@ -410,8 +410,11 @@ def service_mounts(
             top: dict[str, Any] = {"name": spec["name"]}
             if spec.get("labels"):
                 top["labels"] = label_map(spec["labels"])
-            if spec.get("driver") and spec["driver"] != "local":
+            if spec.get("driver"):
                 top["driver"] = spec["driver"]
+            if spec.get("driverOpts"):
+                # e.g. the textfile volume: a tmpfs owned by the backup's uid.
+                top["driver_opts"] = {k: str(v) for k, v in spec["driverOpts"].items()}
             rendered.compose["volumes"][key] = top
             out.append({"type": "volume", "source": key, "target": target, "read_only": bool(mount.get("readOnly"))})
         else:
@@ -729,6 +732,12 @@ def doc_section(results: Mapping[str, Any]) -> str:
         )
     lines += ["", "| target | measured (worst run) | verdict |", "|---|---|---|"]
     lines += [f"| {v['target']} | {v['measured']} | {'PASS' if v['pass'] else 'FAIL'} |" for v in results["targets"]]
+    lines += [
+        "",
+        "`python -m stacks up` runs the program offline and previews before the update (to decide whether a",
+        "pre-update dump of PostgreSQL / Open WebUI is needed): two engine passes, hence about twice the CLI's",
+        "no-op. `--skip-backup` skips that preview.",
+    ]
     lines += ["", "Commands:", ""]
     lines += [f"- {name}: `{command}`" for name, command in results["commands"].items()]
     lines += ["", "What differs between the two (the comparison is otherwise the same containers):", ""]

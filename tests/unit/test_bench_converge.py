@@ -245,3 +245,16 @@ def test_the_doc_section_has_a_row_per_run_and_the_verdicts(converge: ModuleType
     assert "| 1 | 90.0 | 80.0 | 1.12 | 12.0 | 14.0 |" in section, section
     assert "| 2 | 100.0 | 80.0 | 1.25 | 13.0 | 15.0 |" in section, section
     assert "| cold up <= 1.5x compose up | 1.25x | PASS |" in section, section
+
+
+def test_volumes_keep_their_driver_options(rendered: Any, evaluation: Evaluation) -> None:
+    declared = {
+        r.outputs["name"]: r.plain_inputs()
+        for r in evaluation.by_type("docker:index/volume:Volume")
+        if r.plain_inputs().get("driverOpts")
+    }
+    assert declared, "the dev stack has a volume with driver options (the textfile tmpfs)"
+    volumes = {v["name"]: v for v in rendered.compose["volumes"].values()}
+    for name, inputs in declared.items():
+        assert volumes[name]["driver_opts"] == inputs["driverOpts"], name
+        assert volumes[name]["driver"] == inputs["driver"], name
