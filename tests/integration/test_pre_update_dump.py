@@ -169,6 +169,9 @@ def test_the_pre_update_dump_runs_the_declared_script_in_the_running_backup_cont
 ) -> None:
     declared, _, backup = deployed
     scheduled = backup.logs().decode()
+    # Dump names carry the time to the second: one taken in the same second as the
+    # scheduled dump would have its name (seen once in CI). Let that second pass.
+    time.sleep(1.1)
     dump = automation.take_dump(declared)
     assert dump.path.startswith("/var/lib/postgresql/data/openwebui-") and dump.path.endswith(".dump"), dump
     assert dump.path not in scheduled, "the named dump is the scheduled one, not a fresh one"
