@@ -266,7 +266,7 @@ def model_registry(address: str = "127.0.0.1", files_address: str | None = None)
     import threading
     from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
-    from tests.support.registry import BINARY
+    from tests.support.registry import serving
 
     root = Path(tempfile.mkdtemp(prefix="cluster-ai-model-registry-"))
     (root / "data").mkdir()
@@ -284,7 +284,7 @@ def model_registry(address: str = "127.0.0.1", files_address: str | None = None)
     thread = threading.Thread(target=files.serve_forever, daemon=True)
     thread.start()
     registry = ModelRegistry(free_port(), int(files.server_address[1]), address)
-    (root / "config.yml").write_text(
+    config = (
         "version: 0.1\n"
         "log:\n  level: warn\n"
         f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n  delete:\n    enabled: true\n"
@@ -292,28 +292,10 @@ def model_registry(address: str = "127.0.0.1", files_address: str | None = None)
         f"      options:\n        baseurl: http://{files_host}:{registry.files_port}\n"
         f"http:\n  addr: {address}:{registry.port}\n"
     )
-    log = (root / "log").open("wb")
-    process = subprocess.Popen([BINARY, "serve", str(root / "config.yml")], stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                if httpx.get(f"{registry.url}/v2/", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"docker-registry did not start: {(root / 'log').read_text(errors='replace')}")
-            time.sleep(0.2)
-        yield registry
+        with serving(root, config, registry.url):
+            yield registry
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-        log.close()
         files.shutdown()
         files.server_close()
         shutil.rmtree(root, ignore_errors=True)

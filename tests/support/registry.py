@@ -93,31 +93,23 @@ class Registry:
 
 
 @contextmanager
-def registry_server() -> Iterator[Registry]:
-    root = Path(tempfile.mkdtemp(prefix="cluster-ai-registry-"))
-    port = free_port()
-    config = root / "config.yml"
-    config.write_text(
-        "version: 0.1\n"
-        "log:\n  level: warn\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n  delete:\n    enabled: true\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
-    )
+def serving(root: Path, config: str, url: str) -> Iterator[None]:
+    """Run docker-registry with `config` (written under `root`) until it answers at `url`; stop it after."""
+    (root / "config.yml").write_text(config)
     log = (root / "log").open("wb")
-    process = subprocess.Popen([BINARY, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
-    registry = Registry(port)
+    process = subprocess.Popen([BINARY, "serve", str(root / "config.yml")], stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             try:
-                if httpx.get(f"{registry.url}/v2/", timeout=2).status_code == 200:
+                if httpx.get(f"{url}/v2/", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"docker-registry did not start: {(root / 'log').read_text(errors='replace')}")
             time.sleep(0.2)
-        yield registry
+        yield
     finally:
         process.terminate()
         try:
@@ -126,4 +118,20 @@ def registry_server() -> Iterator[Registry]:
             process.kill()
             process.wait(timeout=10)
         log.close()
+
+
+@contextmanager
+def registry_server() -> Iterator[Registry]:
+    root = Path(tempfile.mkdtemp(prefix="cluster-ai-registry-"))
+    registry = Registry(free_port())
+    config = (
+        "version: 0.1\n"
+        "log:\n  level: warn\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n  delete:\n    enabled: true\n"
+        f"http:\n  addr: 127.0.0.1:{registry.port}\n"
+    )
+    try:
+        with serving(root, config, registry.url):
+            yield registry
+    finally:
         shutil.rmtree(root, ignore_errors=True)
