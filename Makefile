@@ -11,7 +11,9 @@ BIN := $(VENV)/bin
 STACK ?= dev
 STATE_DIR := $(CURDIR)/.pulumi-state
 PASSPHRASE_FILE := $(STATE_DIR)/passphrase
-PULUMI_ENV := PULUMI_BACKEND_URL=file://$(STATE_DIR) PULUMI_CONFIG_PASSPHRASE_FILE=$(PASSPHRASE_FILE) PULUMI_SKIP_UPDATE_CHECK=true
+# PULUMI_PYTHON_CMD: the program runs in this checkout's venv whichever language host
+# runs it (the one `make toolchain` builds ignores Pulumi.yaml's virtualenv: docs/engine.md).
+PULUMI_ENV := PULUMI_BACKEND_URL=file://$(STATE_DIR) PULUMI_CONFIG_PASSPHRASE_FILE=$(PASSPHRASE_FILE) PULUMI_SKIP_UPDATE_CHECK=true PULUMI_PYTHON_CMD=$(CURDIR)/$(BIN)/python
 
 .PHONY: up preview destroy check-tools stack-ready test test-unit plan lint bench bench-converge deps env clean-venv policies-doc policies drift status lock mutation images toolchain ollama webui
 
@@ -157,6 +159,7 @@ env:
 	@echo "export PULUMI_BACKEND_URL=file://$(STATE_DIR)"
 	@echo "export PULUMI_CONFIG_PASSPHRASE_FILE=$(PASSPHRASE_FILE)"
 	@echo "export PULUMI_SKIP_UPDATE_CHECK=true"
+	@echo "export PULUMI_PYTHON_CMD=$(CURDIR)/$(BIN)/python"
 
 clean-venv:
 	rm -rf $(VENV)

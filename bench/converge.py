@@ -569,13 +569,15 @@ def one_run(index: int, base: Path, engine: Mapping[str, str], *, policies: bool
         record["pulumiContainers"] = require_all_healthy(stack, "pulumi")
         steps["noop_up"], _ = timed("pulumi up (no-op)", lambda: workspace.pulumi(*up, timeout=STEP_TIMEOUT_S))
         record["noopChanges"] = workspace.last_update_changes()
-        # The same no-op through the project's own entry point (Automation API; it first
-        # evaluates the plan offline and previews, to decide on a pre-update backup).
-        steps["noop_up_stacks"], _ = timed(
+        # The same no-op through the project's own entry point (Automation API): it
+        # previews (refresh included) and, finding nothing to change, applies nothing.
+        steps["noop_up_stacks"], said = timed(
             "stacks up (no-op)",
             lambda: workspace.run("up", stack, *(() if policies else ("--no-policies",)), timeout=STEP_TIMEOUT_S),
         )
-        record["noopChangesStacks"] = workspace.last_update_changes()
+        applied = "no changes: " not in said
+        record["noopStacksApplied"] = applied
+        record["noopChangesStacks"] = workspace.last_update_changes() if applied else {}
         steps["refresh"], _ = timed(
             "pulumi refresh", lambda: workspace.pulumi("refresh", "--yes", timeout=STEP_TIMEOUT_S)
         )
@@ -734,9 +736,9 @@ def doc_section(results: Mapping[str, Any]) -> str:
     lines += [f"| {v['target']} | {v['measured']} | {'PASS' if v['pass'] else 'FAIL'} |" for v in results["targets"]]
     lines += [
         "",
-        "`python -m stacks up` runs the program offline and previews before the update (to decide whether a",
-        "pre-update dump of PostgreSQL / Open WebUI is needed): two engine passes, hence about twice the CLI's",
-        "no-op. `--skip-backup` skips that preview.",
+        "`python -m stacks up` first previews (live state read first, policy pack applied): that preview",
+        "decides the pre-update dump of PostgreSQL / Open WebUI, and when it plans no change `stacks up`",
+        "stops there. A no-op is one engine pass; an update with changes is two (preview, then update).",
     ]
     lines += ["", "Commands:", ""]
     lines += [f"- {name}: `{command}`" for name, command in results["commands"].items()]
@@ -815,6 +817,11 @@ def main(argv: list[str] | None = None) -> int:
             raise BenchError("no `docker compose` (v2): run `bash ci/compose.sh`")
         engine = engine_env()
         os.environ["PATH"] = engine.get("PATH", os.environ["PATH"])
+        from tests.support.dockerd import ensure_docker_engine
+
+        reason = ensure_docker_engine()  # and a shared `/`, which the node exporter's bind needs
+        if reason is not None:
+            raise BenchError(reason)
         facts = machine()
         print(f"machine: {facts}", flush=True)
         runs: list[dict[str, Any]] = []

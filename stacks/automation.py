@@ -16,10 +16,13 @@ never a traceback, checked in this order: the stack file (exit 6), the Pulumi CL
 (exit 127, the shell's "command not found", so a wrapper can tell "install the
 CLI" from a failed operation), then the backend login and the passphrase (exit 1).
 
-`up` on a stack that declares a backup service first previews; when the plan
-updates, replaces or deletes the PostgreSQL or Open WebUI container it takes a
-fresh `pg_dump` with the declared backup script in the running backup container
-and names the dump before anything changes (`--skip-backup` to go on without one).
+`up` first previews (live state read first, policy pack applied), as the CLI's own
+`up` does before it asks. When that preview finds nothing to change, `up` stops
+there and says so: a converged stack costs one engine run, not two. When the plan
+updates, replaces or deletes the PostgreSQL or Open WebUI container and the stack
+declares a backup service, it takes a fresh `pg_dump` with the declared backup
+script in the running backup container and names the dump before anything
+changes (`--skip-backup` to go on without one).
 `up`, `destroy` (and `lock` writing a file) append a line to the audit log
 (stacks/audit.py).
 """
@@ -482,15 +485,60 @@ def take_dump(declared: Any, *, client_for: Callable[[str], Any] | None = None) 
     return Dump(written[-1], declared.name, declared.host, declared.docker_url)
 
 
+# Steps that change nothing: `same`, a data source read again, a refresh's own step.
+UNCHANGED_OPS = {"same", "read", "refresh"}
+STACK_TYPE = "pulumi:pulumi:Stack"
+
+
+def _op(meta: Any) -> str:
+    return str(getattr(meta.op, "value", meta.op))
+
+
+def nothing_to_change(events: Iterable[Any]) -> bool:
+    """True when a finished preview plans no step and no change of a stack output.
+
+    Resource steps come from the pre-events; stack outputs are not steps (an
+    output-only change is `same` everywhere), so the stack's outputs event is
+    compared old against new. A secret output is masked on both sides: a change of
+    a secret output alone, with no resource changing, is not seen (docs/operations.md).
+    """
+    finished = False
+    for event in events:
+        pre = getattr(event, "resource_pre_event", None)
+        if pre is not None and _op(pre.metadata) not in UNCHANGED_OPS:
+            return False
+        outputs = getattr(event, "res_outputs_event", None)
+        if outputs is not None and outputs.metadata.type == STACK_TYPE:
+            old, new = outputs.metadata.old, outputs.metadata.new
+            if old is None or new is None or (old.outputs or {}) != (new.outputs or {}):
+                return False
+        if getattr(event, "summary_event", None) is not None:
+            finished = True
+    return finished
+
+
+def describe_plan(changes: Mapping[str, int]) -> str:
+    """`2 to create, 1 to update, 40 unchanged` from a summary's counts."""
+    changing = [f"{n} to {op}" for op, n in sorted(changes.items()) if op not in UNCHANGED_OPS and n]
+    unchanged = sum(n for op, n in changes.items() if op in UNCHANGED_OPS)
+    return ", ".join([*changing, f"{unchanged} unchanged"])
+
+
+def preview_before_up(stack: Any, packs: list[str]) -> list[Any]:
+    """The preview `up` starts with (refresh first, the pack applied): its engine events."""
+    events: list[Any] = []
+    stack.preview(on_event=events.append, policy_packs=packs or None, refresh=True, color="never")
+    return events
+
+
 def backup_before_up(
-    stack: Any,
+    events: list[Any],
     args: argparse.Namespace,
-    packs: list[str],
     progress: Callable[[str], None],
     *,
     client_for: Callable[[str], Any] | None = None,
 ) -> Dump | None:
-    """Preview; if the plan changes PostgreSQL or Open WebUI and backups are on, dump first."""
+    """If the previewed plan changes PostgreSQL or Open WebUI and backups are on, dump first."""
     from infra.program import StackConfigError
     from stacks.plan import evaluate_stack
     from stacks.status import SERVICE, declared_containers
@@ -503,8 +551,6 @@ def backup_before_up(
     backups = [c for c in declared_containers(evaluation) if c.service == BACKUP_SERVICE and c.role == SERVICE]
     if not backups:
         return None  # backups are off for this stack
-    events: list[Any] = []
-    stack.preview(on_event=events.append, policy_packs=packs or None, refresh=True, color="never")
     changes = data_changes(events, data_container_urns(evaluation))
     if not changes:
         progress("pre-update backup: not needed (the plan does not change PostgreSQL or Open WebUI)")
@@ -582,6 +628,40 @@ def _guarded(name: str, operation: str, run: Callable[[], T]) -> T:
         ) from None
 
 
+def _up(
+    stack: Any,
+    args: argparse.Namespace,
+    planned: list[Any],
+    packs: list[str],
+    progress: Callable[[str], None],
+    events: list[Any],
+    detail: dict[str, Any],
+    *,
+    client_for: Callable[[str], Any] | None,
+) -> None:
+    """The pre-update dump the plan calls for, then the update itself (its events into `events`)."""
+    if args.skip_backup:
+        detail["backup"] = "skipped (--skip-backup)"
+    else:
+        dump = backup_before_up(planned, args, progress, client_for=client_for)
+        if dump is not None:
+            detail.update(backup=dump.path, backupContainer=dump.container, backupHost=dump.host)
+    _guarded(
+        args.stack,
+        "up",
+        lambda: stack.up(
+            on_output=progress,
+            on_event=events.append,
+            policy_packs=packs or None,
+            diff=args.diff,
+            # Converge on what is really there: a container removed or changed
+            # by hand is read first, then put back as declared.
+            refresh=True,
+            color="never",
+        ),
+    )
+
+
 def _changing(
     stack: Any,
     args: argparse.Namespace,
@@ -601,28 +681,15 @@ def _changing(
     result = audit.FAILED
     try:
         if operation == "up":
-            if args.skip_backup:
-                detail["backup"] = "skipped (--skip-backup)"
+            planned = _guarded(args.stack, "preview", lambda: preview_before_up(stack, packs))
+            progress(f"plan: {describe_plan(_summary_changes(planned))}")
+            if nothing_to_change(planned):
+                # Nothing to apply: the preview's counts are this run's.
+                events = planned
+                detail["applied"] = False
+                progress(f"no changes: stack {args.stack!r} already is as declared (live state read first)")
             else:
-                dump = _guarded(
-                    args.stack, "preview", lambda: backup_before_up(stack, args, packs, progress, client_for=client_for)
-                )
-                if dump is not None:
-                    detail.update(backup=dump.path, backupContainer=dump.container, backupHost=dump.host)
-            _guarded(
-                args.stack,
-                operation,
-                lambda: stack.up(
-                    on_output=progress,
-                    on_event=events.append,
-                    policy_packs=packs or None,
-                    diff=args.diff,
-                    # Converge on what is really there: a container removed or changed
-                    # by hand is read first, then put back as declared.
-                    refresh=True,
-                    color="never",
-                ),
-            )
+                _up(stack, args, planned, packs, progress, events, detail, client_for=client_for)
         else:
             _guarded(
                 args.stack, operation, lambda: stack.destroy(on_output=progress, on_event=events.append, color="never")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -37,6 +36,7 @@ from components.monitoring_config import (
 )
 from stacks.mocks import Evaluation, unwrap
 from stacks.plan import evaluate_stack
+from tests.support.processes import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -327,12 +327,6 @@ def test_the_rendered_summaries_read_well() -> None:
 
 
 # -- a real Alertmanager: one dead host, one page -----------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

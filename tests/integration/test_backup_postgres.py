@@ -193,7 +193,7 @@ def test_a_failed_dump_deletes_nothing_and_leaves_no_partial_file(
     (backups / expired).write_bytes(b"the only copy")
 
     # Nothing listens on this port: pg_dump fails.
-    from tests.support.postgres import free_port
+    from tests.support.processes import free_port
 
     result = run_backup(declared, server, tmp_path, port=free_port())
 

@@ -37,6 +37,7 @@ from stacks.mocks import Evaluation, Resource, unwrap
 from stacks.plan import evaluate_stack
 from stacks.stackfile import REPO
 from tests.support.docker_images import docker_reason, run_label
+from tests.support.dockerd import ensure_docker_engine
 
 pytestmark = pytest.mark.integration
 
@@ -104,7 +105,7 @@ def seconds(duration: str) -> int:
 def engine() -> Iterator[Any]:
     import docker
 
-    reason = docker_reason()
+    reason = ensure_docker_engine() or docker_reason()
     if reason is not None:
         pytest.fail(reason)  # .ci/run starts dockerd: no engine is a broken setup, not a skip
     client = docker.from_env(timeout=120)

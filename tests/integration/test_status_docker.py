@@ -39,7 +39,7 @@ from stacks.plan import evaluate_stack
 from stacks.stackfile import REPO, read_stack_config
 from tests.support.docker_images import build_image, docker_reason, run_label
 from tests.support.fake_ollama import FakeOllama
-from tests.support.postgres import free_port
+from tests.support.processes import free_port
 
 pytestmark = pytest.mark.integration
 

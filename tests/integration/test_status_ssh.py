@@ -24,6 +24,7 @@ import pytest
 from components.host import ssh_options
 from stacks import status
 from tests.support.dockerd import ensure_docker_engine
+from tests.support.processes import free_port
 
 pytestmark = pytest.mark.integration
 START_TIMEOUT_S = 15.0
@@ -39,12 +40,6 @@ class SshHost:
     @property
     def url(self) -> str:
         return f"ssh://root@127.0.0.1:{self.port}"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _keygen(path: Path) -> str:
@@ -68,7 +63,7 @@ def ssh_host(tmp_path: Path) -> Iterator[SshHost]:
     (keys / "authorized_keys").write_text((keys / "user.pub").read_text())
     os.chmod(keys / "authorized_keys", 0o600)
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     config = keys / "sshd_config"
     config.write_text(
         "\n".join(

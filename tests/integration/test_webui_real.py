@@ -36,6 +36,7 @@ import pytest
 from stacks.plan import evaluate_stack
 from tests.support import ollama_real, postgres, webui_real
 from tests.support.ollama_real import OllamaServer, ollama_server, write_tiny_model
+from tests.support.processes import free_port
 from tests.support.webui_real import (
     CONTAINER_PATHS,
     Addresses,
@@ -161,7 +162,7 @@ def services(declared: Declared) -> Iterator[Services]:
     redis_url = urlsplit(declared.uploads[f"{SECRETS}/env.REDIS_URL"][0])
     assert database_url.username and database_url.password and redis_url.password, declared.urn
     root = Path(tempfile.mkdtemp(prefix="cluster-ai-webui-"))
-    redis_port = postgres.free_port()
+    redis_port = free_port()
     redis = _redis(redis_url.password, redis_port, root)
     try:
         with (
@@ -178,7 +179,7 @@ def services(declared: Declared) -> Iterator[Services]:
                 }
             )
             install_uploads(declared, root, addresses)
-            yield Services(root, db, ollama, addresses, postgres.free_port())
+            yield Services(root, db, ollama, addresses, free_port())
     finally:
         redis.terminate()
         redis.wait(timeout=15)

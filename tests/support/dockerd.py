@@ -26,8 +26,33 @@ def engine_running() -> bool:
     return done.returncode == 0
 
 
+def root_propagation() -> str:
+    """`shared`, `private`, ... of the mount at `/` (findmnt)."""
+    done = subprocess.run(["findmnt", "-no", "PROPAGATION", "/"], capture_output=True, text=True, timeout=30)
+    return done.stdout.strip() if done.returncode == 0 else "unknown"
+
+
+def ensure_root_shared() -> str | None:
+    """Make `/` a shared mount, as systemd does on every host it boots; None when it is.
+
+    The node exporter binds the host's `/` with rslave propagation (as its upstream
+    documents), and Docker refuses to start it when `/` is private ("path / is
+    mounted on / but it is not a shared or slave mount"): so it is on a fresh
+    machine without systemd, such as a CI sandbox. `.ci/run` does the same.
+    """
+    if root_propagation() not in ("private", "unknown"):
+        return None
+    done = subprocess.run(["mount", "--make-rshared", "/"], capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        return f"/ is a private mount and `mount --make-rshared /` failed: {done.stderr.strip()}"
+    return None
+
+
 def ensure_docker_engine() -> str | None:
-    """Start dockerd if none answers; None when it runs, else why it cannot."""
+    """Start dockerd if none answers, on a host whose `/` is shared; None when it runs, else why not."""
+    reason = ensure_root_shared()
+    if reason is not None:
+        return reason
     if engine_running():
         return None
     if shutil.which("dockerd") is None:

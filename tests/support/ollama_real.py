@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from tests.support.postgres import free_port
+from tests.support.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 60

@@ -26,18 +26,73 @@ STOP_TIMEOUT_S = 10.0
 POLL_S = 0.2
 
 
-def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
-    """Ports free on `host` right now, all different (the sockets are held together)."""
-    sockets: list[socket.socket] = []
+# Ports for the servers tests start come from below the kernel's ephemeral range
+# (net.ipv4.ip_local_port_range, 32768-60999 by default). A port `bind(("", 0))`
+# returns is one the kernel also hands out as the source port of any outgoing
+# connection, and parallel xdist workers drawing from that one pool collided: a
+# Dask scheduler found its dashboard port taken and silently moved elsewhere
+# (CI, 2026-11-26). Here each xdist worker draws from a slice of its own, round
+# robin, and only ports that bind right now are handed out.
+PORT_FLOOR = 20000
+PORT_SLICE = 1000
+
+
+def _ephemeral_floor() -> int:
     try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _worker_index() -> int:
+    """0 for `gw0` (and without xdist), 1 for `gw1`, ..."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    digits = name.removeprefix("gw")
+    return int(digits) if digits.isdigit() else 0
+
+
+def port_slice(worker: int | None = None, *, floor: int | None = None) -> range:
+    """The ports one xdist worker may hand out: a slice of [PORT_FLOOR, ephemeral floor)."""
+    top = _ephemeral_floor() if floor is None else floor
+    slices = max(1, (top - PORT_FLOOR) // PORT_SLICE)
+    index = (_worker_index() if worker is None else worker) % slices
+    start = PORT_FLOOR + index * PORT_SLICE
+    return range(start, min(start + PORT_SLICE, top))
+
+
+_next_port: dict[int, int] = {}
+
+
+def _bindable(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
+    """`count` different ports that bind on `host` now, from this worker's own slice."""
+    ports = port_slice()
+    cursor = _next_port.get(ports.start, ports.start + os.getpid() % len(ports))
+    found: list[int] = []
+    for _ in range(len(ports)):  # at most one pass over the slice
+        port = ports[(cursor - ports.start) % len(ports)]
+        cursor = port + 1
+        if _bindable(host, port):
+            found.append(port)
+            if len(found) == count:
+                _next_port[ports.start] = cursor
+                return found
+    raise RuntimeError(f"only {len(found)} of {count} ports free in {ports.start}-{ports.stop - 1} on {host}")
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """One port that binds on `host` now (see free_ports)."""
+    [port] = free_ports(1, host)
+    return port
 
 
 @dataclass

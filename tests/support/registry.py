@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from tests.support.postgres import free_port
+from tests.support.processes import free_port
 
 BINARY = "/usr/bin/docker-registry"
 START_TIMEOUT_S = 30

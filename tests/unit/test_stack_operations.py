@@ -644,10 +644,82 @@ def test_up_stops_before_changing_anything_when_the_dump_cannot_be_taken(
 def test_up_with_backups_off_does_not_look_for_a_dump(root: Path, boundary: Any) -> None:
     stack_file = root / "Pulumi.dev.yaml"
     stack_file.write_text(stack_file.read_text() + "  cluster-ai:backups:\n    enabled: false\n")
-    stack = boundary(FakeStack(preview_events=[]))
-    code, _, err = run(["up", "dev", "--root", str(root)], docker=FakeDocker([]))
+    stack = boundary(FakeStack(preview_events=[pre("replace", "urn:pulumi:dev::cluster-ai::x::postgres")]))
+    docker = FakeDocker([])
+    code, out, err = run(["up", "dev", "--root", str(root)], docker=docker)
     assert code == 0, err
-    assert stack.calls == ["up"], "no preview is needed when no dump can be taken"
+    assert stack.calls == ["preview", "up"]
+    assert docker.urls == [], "a dump was looked for on a stack without backups"
+    assert "pre-update backup" not in out
+
+
+# -- up: nothing to change, nothing applied ---------------------------------------------------
+
+STACK_URN = "urn:pulumi:dev::cluster-ai::pulumi:pulumi:Stack::cluster-ai-dev"
+
+
+def stack_outputs(old: dict[str, Any], new: dict[str, Any]) -> EngineEvent:
+    return step("resOutputsEvent", "same", STACK_URN, "pulumi:pulumi:Stack", old={"outputs": old}, new={"outputs": new})
+
+
+SECRET = {"4dabf18193072939515e22adb298388d": "1b47061264138c4ac30d75fd1eb44270", "ciphertext": "[secret]"}
+
+
+def converged(
+    dev_containers: dict[str, str], *, outputs: tuple[dict[str, Any], dict[str, Any]] | None = None
+) -> list[EngineEvent]:
+    """A preview of a converged stack: refresh steps, `same` everywhere, the outputs event, the summary."""
+    old, new = outputs or ({"webuiUrl": "http://127.0.0.1:3000", "adminPassword": SECRET},) * 2
+    events = [pre("refresh", urn) for urn in dev_containers.values()]
+    events += [pre("same", urn) for urn in dev_containers.values()]
+    return [*events, stack_outputs(old, new), summary(same=len(dev_containers) + 1)]
+
+
+def test_up_of_a_converged_stack_applies_nothing_and_says_so(
+    root: Path, boundary: Any, dev_containers: dict[str, str]
+) -> None:
+    stack = boundary(FakeStack(preview_events=converged(dev_containers)))
+    code, out, err = run(["up", "dev", "--root", str(root)], docker=FakeDocker([]))
+    assert code == 0, err
+    assert stack.calls == ["preview"], "up ran although the preview found nothing to change"
+    assert f"plan: {len(dev_containers) + 1} unchanged" in out
+    assert "no changes: stack 'dev' already is as declared" in out
+    (line,) = audit_lines(root)
+    assert line["result"] == "succeeded" and line["changes"] == {"same": len(dev_containers) + 1}
+    assert line["detail"] == {"applied": False}
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["container-recreated", "output-added", "output-changed", "unfinished-preview"],
+)
+def test_up_applies_when_the_preview_plans_any_change(
+    change: str, root: Path, boundary: Any, dev_containers: dict[str, str]
+) -> None:
+    plain = {"webuiUrl": "http://127.0.0.1:3000"}
+    events = {
+        # Removed by hand: the refresh reads it gone, the plan creates it again.
+        "container-recreated": [
+            *converged(dev_containers)[:-1],
+            pre("create", dev_containers["redis"]),
+            summary(same=3, create=1),
+        ],
+        "output-added": converged(dev_containers, outputs=(plain, {**plain, "grafanaUrl": "http://127.0.0.1:3001/"})),
+        "output-changed": converged(dev_containers, outputs=(plain, {"webuiUrl": "http://127.0.0.1:3080"})),
+        # No summary: the preview did not finish, so nothing can be concluded from it.
+        "unfinished-preview": converged(dev_containers)[:-1],
+    }[change]
+    stack = boundary(FakeStack(preview_events=events))
+    code, _, err = run(["up", "dev", "--root", str(root), "--skip-backup"])
+    assert code == 0, err
+    assert stack.calls == ["preview", "up"], f"{change}: the update did not run"
+
+
+def test_describe_plan_counts_changes_and_unchanged_steps() -> None:
+    assert automation.describe_plan({"create": 2, "update": 1, "same": 40, "refresh": 3}) == (
+        "2 to create, 1 to update, 43 unchanged"
+    )
+    assert automation.describe_plan({}) == "0 unchanged"
 
 
 # -- make targets whose output users parse ---------------------------------------------------
