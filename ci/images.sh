@@ -293,6 +293,8 @@ stage_context() {
   # stage_context NAME DIR DEST: the build context, plus what other CI steps built.
   local name=$1 dir=$2 dest=$3
   cp -a "ci/images/$dir/." "$dest/"
+  # The install steps the Debian-package images share, where a Dockerfile uses them.
+  if grep -q 'debian-package\.sh' "$dest/Dockerfile"; then cp -a ci/images/debian-package.sh "$dest/"; fi
   case "$name" in
     ollama)
       local bin=${OLLAMA_BIN:-$(ollama_binary)}

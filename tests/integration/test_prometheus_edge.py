@@ -31,7 +31,7 @@ from stacks.mocks import Evaluation, Resource, unwrap
 from stacks.plan import evaluate_stack
 from tests.support.fake_http import FakeUpstream
 from tests.support.pki import PlanPki
-from tests.support.processes import Process, free_ports, start_process, wait_until
+from tests.support.processes import Process, free_ports, start_process, wait_for_prometheus, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -151,6 +151,7 @@ def scraped(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             log=tmp / "prometheus.log", cwd=tmp,
         )
     )  # fmt: skip
+    wait_for_prometheus(f"http://{LOOPBACK}:{prom_port}", processes)
     yield {
         "prometheus": f"http://{LOOPBACK}:{prom_port}",
         "worker": worker,

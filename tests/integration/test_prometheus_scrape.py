@@ -54,7 +54,7 @@ from infra.config import NAMESPACE
 from stacks.mocks import Evaluation, Resource, is_file_holder, unwrap
 from stacks.plan import evaluate_stack
 from tests.support.dask_cluster import Local, command_of, env_of, flag, localize, localize_env
-from tests.support.processes import Process, free_ports
+from tests.support.processes import Process, free_ports, wait_for_prometheus
 
 pytestmark = pytest.mark.integration
 
@@ -293,6 +293,7 @@ def running(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     )
     client = Client(f"tcp://{LOOPBACK}:{sched_port}", timeout=60, set_as_default=False)
     request.addfinalizer(client.close)
+    wait_for_prometheus(f"http://{LOOPBACK}:{prom_port}", processes)
     result = Running(ev, tmp, f"http://{LOOPBACK}:{prom_port}", client, workers, processes, backup_time, rules)
     for process in processes:
         process.remember_children()

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
@@ -191,3 +192,16 @@ def wait_until(
         time.sleep(POLL_S)
     logs = "\n".join(p.tail() for p in processes)
     pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}\n{logs}")
+
+
+def http_ok(url: str, timeout_s: float = 2.0) -> bool:
+    """True when `url` answers 200 now (a refused or failing request is just "not yet")."""
+    try:
+        return httpx.get(url, timeout=timeout_s).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wait_for_prometheus(base: str, processes: Sequence[Process]) -> None:
+    """Until Prometheus at `base` is ready: before that it answers queries 503."""
+    wait_until(lambda: http_ok(f"{base}/-/ready"), processes, f"Prometheus at {base} to be ready")
