@@ -1,6 +1,6 @@
 # Cluster AI: the two commands of the README, and a few more.
 #   make up     set up and run `pulumi up` of the dev stack (local file backend)
-#   make test   run every test tier (the e2e tier skips, saying why, without the Pulumi CLI)
+#   make test   set up what the tiers need (ci/setup.sh, cached), then run every tier
 
 SHELL := /bin/bash
 # Never print "Entering directory": users pipe `make plan ARGS=--json` into JSON tools.
@@ -10,12 +10,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STACK ?= dev
 STATE_DIR := $(CURDIR)/.pulumi-state
+# The env file `make toolchain` writes (the offline Pulumi toolchain: docs/engine.md).
+TOOLCHAIN_ENV := $(or $(CLUSTER_AI_CACHE),/var/cache/cluster-ai)/toolchain/env.sh
 PASSPHRASE_FILE := $(STATE_DIR)/passphrase
 # PULUMI_PYTHON_CMD: the program runs in this checkout's venv whichever language host
 # runs it (the one `make toolchain` builds ignores Pulumi.yaml's virtualenv: docs/engine.md).
+# Without a `pulumi` on PATH, the toolchain `make toolchain` built is used, if there is one.
+TOOLCHAIN_SOURCE := if ! command -v pulumi >/dev/null 2>&1 && [ -f $(TOOLCHAIN_ENV) ]; then . $(TOOLCHAIN_ENV); fi;
 PULUMI_ENV := PULUMI_BACKEND_URL=file://$(STATE_DIR) PULUMI_CONFIG_PASSPHRASE_FILE=$(PASSPHRASE_FILE) PULUMI_SKIP_UPDATE_CHECK=true PULUMI_PYTHON_CMD=$(CURDIR)/$(BIN)/python
 
-.PHONY: up preview destroy check-tools stack-ready test test-unit plan lint bench bench-converge deps env clean-venv policies-doc policies drift status lock mutation images toolchain ollama webui
+.PHONY: up preview destroy check-tools stack-ready test setup test-only test-unit plan lint bench bench-converge deps env clean-venv policies-doc policies drift status lock mutation images toolchain ollama webui
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) >&2
@@ -32,9 +36,10 @@ deps: $(VENV)/.deps
 
 # Fail early, and say what to install, when a prerequisite is missing.
 define require_tools
-	@command -v pulumi >/dev/null 2>&1 || { \
+	@$(TOOLCHAIN_SOURCE) command -v pulumi >/dev/null 2>&1 || { \
 	  echo "error: the Pulumi CLI is not installed." >&2; \
 	  echo "       install it: https://www.pulumi.com/docs/iac/download-install/ (curl -fsSL https://get.pulumi.com | sh)" >&2; \
+	  echo "       or, without internet access, build it here: make toolchain (docs/engine.md)" >&2; \
 	  exit 1; }
 	@command -v docker >/dev/null 2>&1 || { \
 	  echo "error: Docker is not installed: https://docs.docker.com/engine/install/" >&2; exit 1; }
@@ -55,8 +60,8 @@ check-tools:
 	$(call require_tools)
 
 stack-ready: check-tools deps $(PASSPHRASE_FILE)
-	@$(PULUMI_ENV) pulumi login file://$(STATE_DIR) >/dev/null
-	@$(PULUMI_ENV) pulumi stack select $(STACK) 2>/dev/null || $(PULUMI_ENV) pulumi stack init $(STACK) >&2
+	@$(TOOLCHAIN_SOURCE) $(PULUMI_ENV) pulumi login file://$(STATE_DIR) >/dev/null
+	@$(TOOLCHAIN_SOURCE) $(PULUMI_ENV) pulumi stack select $(STACK) 2>/dev/null || $(PULUMI_ENV) pulumi stack init $(STACK) >&2
 
 # make itself always exits 2 when a recipe fails, whatever the command's code was:
 # `exit_code` prints the command's own code and what it means (the Pulumi CLI's
@@ -73,18 +78,29 @@ endef
 # Through `python -m stacks`: the policy pack applied, a database dump before an update
 # that touches the data, and a line in the audit log (docs/operations.md).
 up: stack-ready
-	@$(PULUMI_ENV) $(BIN)/python -m stacks up $(STACK) $(ARGS); $(exit_code)
+	@$(TOOLCHAIN_SOURCE) $(PULUMI_ENV) $(BIN)/python -m stacks up $(STACK) $(ARGS); $(exit_code)
 
 preview: stack-ready
-	@$(PULUMI_ENV) $(BIN)/python -m stacks preview $(STACK) $(ARGS); $(exit_code)
+	@$(TOOLCHAIN_SOURCE) $(PULUMI_ENV) $(BIN)/python -m stacks preview $(STACK) $(ARGS); $(exit_code)
 
 # Through `python -m stacks destroy`: it asks for the stack's name (ARGS=--yes=STACK in
 # scripts) and writes the audit log.
 destroy: stack-ready
-	@$(PULUMI_ENV) $(BIN)/python -m stacks destroy $(STACK) $(ARGS)
+	@$(TOOLCHAIN_SOURCE) $(PULUMI_ENV) $(BIN)/python -m stacks destroy $(STACK) $(ARGS)
 
-test: deps
-	$(BIN)/python -m pytest -n auto --dist loadscope $(ARGS)
+# Every tier, on a fresh machine too: ci/setup.sh first installs, builds and starts what
+# the tiers need (Debian packages, dockerd, the toolchain, Ollama, Open WebUI, the e2e
+# images; cached outside the clone, so seconds when nothing changed), then the suite
+# runs with the toolchain's env. `make test-only` runs the suite alone.
+test: setup
+	@$(MAKE) --no-print-directory test-only ARGS="$(ARGS)"
+
+setup:
+	bash ci/setup.sh
+
+test-only: deps
+	@if [ -f $(TOOLCHAIN_ENV) ]; then . $(TOOLCHAIN_ENV); fi; \
+	  PULUMI_PYTHON_CMD=$(CURDIR)/$(BIN)/python $(BIN)/python -m pytest -n auto --dist loadscope $(ARGS)
 
 test-unit: deps
 	$(BIN)/python -m pytest tests/unit $(ARGS)
@@ -95,7 +111,7 @@ plan: deps
 # Operating a deployed stack (docs/operations.md): drift exits 7 when live state
 # differs, status exits 1 when anything is not as declared, lock pins digests.
 drift: stack-ready
-	@$(PULUMI_ENV) $(BIN)/python -m stacks drift $(STACK) $(ARGS)
+	@$(TOOLCHAIN_SOURCE) $(PULUMI_ENV) $(BIN)/python -m stacks drift $(STACK) $(ARGS)
 
 status: deps
 	@$(BIN)/python -m stacks status $(STACK) $(ARGS)
@@ -129,11 +145,12 @@ bench-converge: deps
 
 # Images the e2e stack (Pulumi.e2e.yaml) runs, built here and pushed to the local
 # registry on 127.0.0.1:5000; a second run skips what is unchanged (docs/images.md).
-images: deps
+# The Ollama and Open WebUI images copy what `make ollama webui` built.
+images: deps ollama webui
 	bash ci/images.sh
 
 # The Pulumi CLI, Python language host and random/tls/docker plugins built from Go
-# modules, cached outside the clone (docs/engine.md); prints the env file to source.
+# modules, cached outside the clone (docs/engine.md); `make up` and the tests use it.
 toolchain:
 	bash ci/toolchain.sh
 

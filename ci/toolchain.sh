@@ -152,6 +152,9 @@ build_actionlint() {
   mv "$WORK/gobin/actionlint" "$BIN/actionlint"
 }
 
+# The runtime name the analyzer copy of the pack carries (no language host claims it).
+ANALYZER_RUNTIME=python-analyzer
+
 write_env() {
   # env.sh for `source`: the toolchain first on PATH, no plugin downloads, no update check.
   cat >"$PREFIX/env.sh" <<EOF
@@ -164,26 +167,29 @@ export CLUSTER_AI_TOOLCHAIN_BIN="$BIN"
 # The language host (v$PULUMI_LANGUAGE_PYTHON_SDK_VERSION) does not receive the project's
 # runtime.options.virtualenv from this CLI: it runs this interpreter (docs/engine.md).
 export PULUMI_PYTHON_CMD="\${PULUMI_PYTHON_CMD:-$ROOT/.venv/bin/python}"
-# That host cannot start a policy pack for this CLI (docs/engine.md): the pack runs
-# through the CLI's analyzer path, from a copy whose runtime no language host claims.
-export CLUSTER_AI_POLICY_PACK="\${CLUSTER_AI_POLICY_PACK:-$ROOT/.pulumi-policy-pack}"
+# That host cannot start a policy pack for this CLI (docs/engine.md): python -m stacks
+# starts the pack through the CLI's analyzer path, from a copy of the checkout's
+# policies/ whose runtime is this name (stacks/automation.py analyzer_pack).
+export CLUSTER_AI_POLICY_RUNTIME=$ANALYZER_RUNTIME
 EOF
   cp "$PREFIX/env.sh" "$CACHE/env.sh.partial" && mv "$CACHE/env.sh.partial" "$CACHE/env.sh"
-  analyzer_pack
+  # The SDK's analyzer script under the name the CLI looks that runtime up by.
+  ln -sf pulumi-analyzer-policy-python "$BIN/pulumi-analyzer-policy-$ANALYZER_RUNTIME"
 }
 
-# The runtime name of that copy, and the SDK's analyzer script under the name the CLI
-# looks for (`pulumi-analyzer-policy-<runtime>`).
-ANALYZER_RUNTIME=python-analyzer
-analyzer_pack() {
-  local pack="$ROOT/.pulumi-policy-pack" item
-  rm -rf "$pack" && mkdir -p "$pack"
-  for item in "$ROOT"/policies/*; do
-    case "${item##*/}" in PulumiPolicy.yaml | __pycache__) ;; *) ln -s "$item" "$pack/" ;; esac
-  done
-  "$PYTHON" -c 'import sys, yaml; m = yaml.safe_load(open(sys.argv[1])); m["runtime"] = {"name": sys.argv[3], "options": {"virtualenv": sys.argv[4]}}; open(sys.argv[2], "w").write(yaml.safe_dump(m, sort_keys=False))' \
-    "$ROOT/policies/PulumiPolicy.yaml" "$pack/PulumiPolicy.yaml" "$ANALYZER_RUNTIME" "$ROOT/.venv"
-  ln -sf pulumi-analyzer-policy-python "$BIN/pulumi-analyzer-policy-$ANALYZER_RUNTIME"
+prune_old_keys() {
+  # Another key's directory (module copies and binaries, about 750 MB) is of no use
+  # once this one is built: keep this key and the most recent other one (a checkout
+  # on the previous pins), remove the rest. The Go caches are shared and kept.
+  local dir kept=0
+  while IFS= read -r dir; do
+    [ "$dir" = "$PREFIX" ] && continue
+    kept=$((kept + 1))
+    [ "$kept" -le 1 ] && continue
+    echo "toolchain: removing the cache of an older key: ${dir:?}"
+    rm -rf "${dir:?}"
+  done < <(find "$CACHE" -mindepth 1 -maxdepth 1 -type d -regextype posix-extended \
+    -regex '.*/[0-9a-f]{16}' -printf '%T@ %p\n' | sort -rn | cut -d' ' -f2-)
 }
 
 build cli "$BIN/pulumi" build_cli
@@ -195,6 +201,7 @@ build provider-tls "$BIN/pulumi-resource-tls" build_tls
 build provider-docker "$BIN/pulumi-resource-docker" build_docker
 build actionlint "$BIN/actionlint" build_actionlint
 write_env
+prune_old_keys
 
 "$BIN/pulumi" version
 echo "toolchain: ready in $(($(date +%s) - STARTED)) s"

@@ -170,21 +170,45 @@ def require_cli(which: Callable[[str], str | None] = shutil.which) -> Any:
 # -- policy packs ------------------------------------------------------------------
 
 
-def policy_packs(root: Path = REPO, *, enabled: bool = True) -> list[str]:
-    """The repository's policy pack, when it exists and is wanted.
+# `CLUSTER_AI_POLICY_RUNTIME` (set by the offline toolchain's env.sh): start the pack
+# through the CLI's analyzer path, `pulumi-analyzer-policy-<runtime>`, from a copy of
+# it whose runtime is that name. The toolchain's language host is too old to start a
+# Python pack for this CLI (docs/engine.md); a regular Pulumi install runs it as shipped.
+POLICY_RUNTIME_ENV = "CLUSTER_AI_POLICY_RUNTIME"
+ANALYZER_PACK_DIR = ".pulumi-policy-pack"
 
-    `CLUSTER_AI_POLICY_PACK` names another copy of it: the offline toolchain's
-    (docs/engine.md) starts the same pack through the CLI's analyzer path.
+
+def analyzer_pack(root: Path, runtime: str, *, dest: Path | None = None) -> Path:
+    """A copy of `root/policies` (its files linked) whose manifest names `runtime`.
+
+    Made afresh under `root/.pulumi-policy-pack` (git-ignored) unless `dest` says
+    where; the pack's virtualenv is `root/.venv`.
     """
+    source = root / "policies"
+    pack = dest if dest is not None else root / ANALYZER_PACK_DIR
+    if pack.is_symlink() or pack.is_file():
+        pack.unlink()
+    elif pack.exists():
+        shutil.rmtree(pack)
+    pack.mkdir(parents=True)
+    for item in sorted(source.iterdir()):
+        if item.name not in (POLICY_PACK_FILE, "__pycache__"):
+            (pack / item.name).symlink_to(item)
+    manifest = yaml.safe_load((source / POLICY_PACK_FILE).read_text())
+    manifest["runtime"] = {"name": runtime, "options": {"virtualenv": str(root / ".venv")}}
+    (pack / POLICY_PACK_FILE).write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return pack
+
+
+def policy_packs(root: Path = REPO, *, enabled: bool = True) -> list[str]:
+    """The repository's policy pack, when it exists and is wanted (as the CLI must start it)."""
     pack = root / "policies"
     if not enabled or not (pack / POLICY_PACK_FILE).is_file():
         return []
-    override = os.environ.get("CLUSTER_AI_POLICY_PACK")
-    if override and (Path(override) / POLICY_PACK_FILE).is_file():
-        pack = Path(override)
-    if enabled and (pack / POLICY_PACK_FILE).is_file():
-        return [str(pack)]
-    return []
+    runtime = os.environ.get(POLICY_RUNTIME_ENV)
+    if runtime:
+        pack = analyzer_pack(root, runtime)
+    return [str(pack)]
 
 
 # -- drift -------------------------------------------------------------------------

@@ -22,12 +22,20 @@ from typing import Any
 
 import pytest
 
+from stacks.automation import analyzer_pack
 from stacks.stackfile import REPO
 
 CACHE = Path(os.environ.get("CLUSTER_AI_CACHE", "/var/cache/cluster-ai"))
 ENV_FILES = (CACHE / "env.sh", CACHE / "toolchain" / "env.sh")
 # Engine variables that must never leak in from the caller's shell into a test stack.
-SCRUBBED = ("PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE", "PULUMI_ACCESS_TOKEN")
+# (The workspace's `policies` already is the analyzer copy of the pack: no other is made.)
+SCRUBBED = (
+    "PULUMI_BACKEND_URL",
+    "PULUMI_CONFIG_PASSPHRASE",
+    "PULUMI_CONFIG_PASSPHRASE_FILE",
+    "PULUMI_ACCESS_TOKEN",
+    "CLUSTER_AI_POLICY_RUNTIME",
+)
 # The program's packages, linked into a workspace beside its stack files.
 PROGRAM = ("infra", "components", "monitoring", "stacks")
 # The policy pack's runtime name in the workspace: no language host answers to it, so
@@ -152,8 +160,6 @@ def make_workspace(
         "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
         # The language host runs this interpreter (docs/engine.md): this checkout's venv.
         "PULUMI_PYTHON_CMD": str(REPO / ".venv" / "bin" / "python"),
-        # `python -m stacks` applies this workspace's copy of the pack.
-        "CLUSTER_AI_POLICY_PACK": str(base / "policies"),
     }
     workspace = Workspace(base, stack, env)
     login = workspace._run(["pulumi", "login", f"file://{state}"], 60, None)
@@ -167,16 +173,7 @@ def _policy_pack(pack: Path, engine: Mapping[str, str]) -> Path:
     Returns the directory holding `pulumi-analyzer-policy-<ANALYZER_RUNTIME>`: the
     toolchain's `pulumi-analyzer-policy-python`, which runs `python -m pulumi.policy`.
     """
-    import yaml
-
-    pack.mkdir()
-    for item in (REPO / "policies").iterdir():
-        if item.name not in ("PulumiPolicy.yaml", "__pycache__"):
-            (pack / item.name).symlink_to(item)
-    manifest = yaml.safe_load((REPO / "policies" / "PulumiPolicy.yaml").read_text())
-    manifest["runtime"]["name"] = ANALYZER_RUNTIME
-    manifest["runtime"]["options"] = {"virtualenv": str(REPO / ".venv")}
-    (pack / "PulumiPolicy.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    analyzer_pack(REPO, ANALYZER_RUNTIME, dest=pack)
     found = shutil.which("pulumi-analyzer-policy-python", path=engine.get("PATH"))
     assert found is not None, "the toolchain has no pulumi-analyzer-policy-python (ci/toolchain.sh installs it)"
     bin_dir = pack.parent / ".analyzer-bin"

@@ -39,18 +39,32 @@ def test_up_and_preview_apply_the_policy_pack(target: str) -> None:
     assert "the command exited" in line, "a failure must print the command's own exit code"
 
 
-def test_the_stacks_commands_apply_the_repositorys_pack_or_the_one_named(
+def test_the_stacks_commands_apply_the_repositorys_pack_or_its_analyzer_copy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import yaml
+
     from stacks.automation import policy_packs
 
-    monkeypatch.delenv("CLUSTER_AI_POLICY_PACK", raising=False)
+    monkeypatch.delenv("CLUSTER_AI_POLICY_RUNTIME", raising=False)
     assert policy_packs(REPO) == [str(REPO / "policies")]
     assert policy_packs(REPO, enabled=False) == []
-    (tmp_path / "PulumiPolicy.yaml").write_text("runtime: python-analyzer\n")
-    monkeypatch.setenv("CLUSTER_AI_POLICY_PACK", str(tmp_path))
-    assert policy_packs(REPO) == [str(tmp_path)], "the offline toolchain's copy of the pack"
-    assert policy_packs(tmp_path) == [], "a copy stands in only for a pack the root has"
+    # The offline toolchain's env.sh: the checkout's own pack, copied under the runtime
+    # name the CLI's analyzer path starts (docs/engine.md).
+    root = tmp_path / "checkout"
+    (root / "policies").mkdir(parents=True)
+    for item in (REPO / "policies").iterdir():
+        if item.name != "__pycache__":
+            (root / "policies" / item.name).symlink_to(item)
+    monkeypatch.setenv("CLUSTER_AI_POLICY_RUNTIME", "python-analyzer")
+    [pack] = policy_packs(root)
+    assert pack == str(root / ".pulumi-policy-pack"), "the copy belongs to the checkout it is made for"
+    manifest = yaml.safe_load((Path(pack) / "PulumiPolicy.yaml").read_text())
+    assert manifest["runtime"] == {"name": "python-analyzer", "options": {"virtualenv": str(root / ".venv")}}
+    shipped = {p.name for p in (REPO / "policies").iterdir() if p.name not in ("__pycache__", "PulumiPolicy.yaml")}
+    assert {p.name for p in Path(pack).iterdir()} == shipped | {"PulumiPolicy.yaml"}
+    assert policy_packs(root) == [pack], "made afresh on every run, at the same place"
+    assert policy_packs(tmp_path) == [], "no pack in the root: nothing to copy"
 
 
 def test_a_mandatory_policy_violation_is_reported_as_exit_5(tmp_path: Path) -> None:

@@ -153,7 +153,7 @@ def test_an_unknown_stack_is_exit_6(root: Path, capsys: pytest.CaptureFixture[st
 def test_the_policy_pack_is_applied_when_it_exists_and_not_when_disabled(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("CLUSTER_AI_POLICY_PACK", raising=False)
+    monkeypatch.delenv("CLUSTER_AI_POLICY_RUNTIME", raising=False)
     assert automation.policy_packs(tmp_path) == []
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "PulumiPolicy.yaml").write_text("runtime: python\n")
