@@ -1,56 +1,81 @@
 #!/usr/bin/env bash
-# `make mutation`: a mutation run (mutmut, from PyPI) over the modules issue 14 names.
-# Not part of CI (slow). It works on a scratch copy of the checkout, so the tree stays
-# untouched: mutmut writes its mutants/ and its config (setup.cfg [mutmut]) there.
-#   MODULES   the files to mutate (default: the four below)
-#   TESTS     the pytest selection that must kill them (default: the unit tests that
-#             exercise them; the integration and e2e tiers are left out: minutes per mutant)
-#   WORK      the scratch directory (default: ${CLUSTER_AI_CACHE:-/var/cache/cluster-ai}/mutation)
-# Prints mutmut's summary and the score: killed / (killed + survived + timeouts).
+# `make mutation`: a mutation run (mutmut, from PyPI) over the modules issue 14 names,
+# each against the unit tests that exercise it. Not part of CI (about an hour or more
+# per module on 2 cores). Each module runs on a scratch copy of the checkout, so the
+# tree stays untouched: mutmut writes its mutants/ and its config (setup.cfg) there.
+#
+#   PLAN      "module=test,test;module=test..." (default: the four below)
+#   WORK      the scratch root (default: ${CLUSTER_AI_CACHE:-/var/cache/cluster-ai}/mutation)
+#   MAX_CHILDREN  mutants run at once (default 2)
+#
+# Prints each module's and the total score: killed / (killed + survived + timeouts),
+# and writes $WORK/<module>/results.txt (every mutant and its fate).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 MUTMUT_VERSION=3.8.1
-MODULES=${MODULES:-"components/hardened.py components/tls.py infra/config.py stacks/automation.py"}
-TESTS=${TESTS:-"tests/unit/test_components.py tests/unit/test_config_errors.py tests/unit/test_prod_stack.py tests/unit/test_stack_operations.py tests/unit/test_dev_stack.py"}
+# The integration and e2e tiers are left out: minutes per mutant.
+DEFAULT_PLAN="components/hardened.py=tests/unit/test_components.py,tests/unit/test_file_holders.py,tests/unit/test_dev_stack.py"
+DEFAULT_PLAN+=";components/tls.py=tests/unit/test_components.py,tests/unit/test_prod_stack.py"
+DEFAULT_PLAN+=";infra/config.py=tests/unit/test_config_errors.py,tests/unit/test_hostile_configs.py"
+DEFAULT_PLAN+=";stacks/automation.py=tests/unit/test_stack_operations.py"
+PLAN=${PLAN:-$DEFAULT_PLAN}
 WORK=${WORK:-${CLUSTER_AI_CACHE:-/var/cache/cluster-ai}/mutation}
 PY=$REPO/.venv/bin/python
 
 "$PY" -m pip install --quiet "mutmut==$MUTMUT_VERSION"
 started=$(date +%s)
-rm -rf "$WORK" && mkdir -p "$WORK"
-# The checkout as it is (tracked and untracked files, not ignored ones).
-git ls-files -z --cached --others --exclude-standard | xargs -0 -I{} cp --parents {} "$WORK"/ 2>/dev/null || true
-cd "$WORK"
-{
-  echo "[mutmut]"
-  echo "source_paths ="
-  for d in components infra stacks; do echo "    $d"; done
-  echo "only_mutate ="
-  for m in $MODULES; do echo "    $m"; done
-  echo "also_copy ="
-  for f in policies monitoring docs bench .github Makefile README.md Pulumi.yaml Pulumi.*.yaml; do echo "    $f"; done
-  echo "pytest_add_cli_args_test_selection ="
-  for t in $TESTS; do echo "    $t"; done
-  echo "pytest_add_cli_args ="
-  echo "    -p"
-  echo "    no:xdist"
-  echo "    -p"
-  echo "    no:cacheprovider"
-} > setup.cfg
-"$PY" -m mutmut run --max-children "${MAX_CHILDREN:-2}" || true
-"$PY" -m mutmut results --all true > results.txt || true
-"$PY" - <<'PY'
-import collections, re
+
+run_module() {
+  # run_module MODULE TESTS (comma-separated): one mutmut run in its own scratch copy.
+  local module=$1 tests=$2 dir t
+  dir=$WORK/${module//\//_}
+  rm -rf "${dir:?}" && mkdir -p "$dir"
+  # The checkout as it is (tracked and untracked files, not ignored ones).
+  (cd "$REPO" && git ls-files -z --cached --others --exclude-standard | xargs -0 -I{} cp --parents {} "$dir"/ 2>/dev/null) || true
+  {
+    echo "[mutmut]"
+    echo "source_paths ="
+    for t in components infra stacks; do echo "    $t"; done
+    echo "only_mutate ="
+    echo "    $module"
+    echo "also_copy ="
+    for t in policies monitoring docs bench .github Makefile README.md Pulumi.yaml Pulumi.*.yaml; do echo "    $t"; done
+    echo "pytest_add_cli_args_test_selection ="
+    for t in ${tests//,/ }; do echo "    $t"; done
+    echo "pytest_add_cli_args ="
+    echo "    -p"
+    echo "    no:xdist"
+    echo "    -p"
+    echo "    no:cacheprovider"
+  } >"$dir/setup.cfg"
+  local module_started
+  module_started=$(date +%s)
+  (cd "$dir" && "$PY" -m mutmut run --max-children "${MAX_CHILDREN:-2}" >"$dir/run.log" 2>&1) || true
+  (cd "$dir" && "$PY" -m mutmut results --all true >"$dir/results.txt" 2>&1) || true
+  echo "$module: $(score "$dir/results.txt") in $(($(date +%s) - module_started)) s (tests: $tests)"
+}
+
+score() {
+  # score RESULTS: "killed/total = P%" and the counts of every other fate.
+  "$PY" - "$1" <<'PY'
+import collections, re, sys
 counts = collections.Counter()
-for line in open("results.txt"):
+for line in open(sys.argv[1]):
     m = re.match(r"\s*(\S+): (\w[\w ]*)$", line.rstrip())
     if m:
         counts[m[2]] += 1
 killed, survived, timeout = counts["killed"], counts["survived"], counts["timeout"]
 total = killed + survived + timeout
-print("mutants:", dict(counts))
-print(f"mutation score: {killed}/{total} = {100 * killed / total:.1f}%" if total else "mutation score: no mutants ran")
+print(f"{killed}/{total} = {100 * killed / total:.1f}% {dict(counts)}" if total else f"no mutants ran {dict(counts)}")
 PY
-echo "survivors: (cd $WORK && $PY -m mutmut results); a diff: $PY -m mutmut show NAME"
+}
+
+IFS=';' read -ra entries <<<"$PLAN"
+for entry in "${entries[@]}"; do
+  run_module "${entry%%=*}" "${entry#*=}"
+done
+cat "$WORK"/*/results.txt >"$WORK/results.txt" 2>/dev/null || true
+echo "all modules: $(score "$WORK/results.txt")"
+echo "survivors: grep survived $WORK/*/results.txt; a diff: (cd $WORK/<module> && $PY -m mutmut show NAME)"
 echo "mutation run done in $(($(date +%s) - started)) s"

@@ -69,7 +69,6 @@ class CertificateAuthority(pulumi.ComponentResource):
             opts=child,
         )
         self.cert_pem = cert.cert_pem
-        self.validity_days = args["validity_days"]
         self.register_outputs({"certPem": self.cert_pem})
 
     def issue(self, name: str, spec: CertSpec) -> IssuedCert:
