@@ -16,7 +16,7 @@ REPO=$PWD
 MUTMUT_VERSION=3.8.1
 # The integration and e2e tiers are left out: minutes per mutant.
 DEFAULT_PLAN="components/hardened.py=tests/unit/test_components.py,tests/unit/test_file_holders.py,tests/unit/test_dev_stack.py"
-DEFAULT_PLAN+=";components/tls.py=tests/unit/test_components.py,tests/unit/test_prod_stack.py"
+DEFAULT_PLAN+=";components/tls.py=tests/unit/test_tls_component.py,tests/unit/test_components.py,tests/unit/test_prod_stack.py"
 DEFAULT_PLAN+=";infra/config.py=tests/unit/test_config_errors.py,tests/unit/test_hostile_configs.py"
 DEFAULT_PLAN+=";stacks/automation.py=tests/unit/test_stack_operations.py"
 PLAN=${PLAN:-$DEFAULT_PLAN}

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
+from google.protobuf import json_format
 from pulumi.runtime import mocks as sdk_mocks
 from pulumi.runtime import rpc, settings
 from pulumi.runtime import stack as sdk_stack
@@ -178,7 +179,9 @@ class ClusterMocks(pulumi.runtime.Mocks):
 def _replacement_trigger(request: Any) -> Any:
     if not request.HasField("replacement_trigger"):
         return None
-    return _mark_secrets(rpc.deserialize_property(request.replacement_trigger))
+    # A protobuf `Value`, not a `Struct` entry: make it a Python value first.
+    value = json_format.MessageToDict(request.replacement_trigger)
+    return _mark_secrets(rpc.deserialize_property(value))
 
 
 class RecordingMonitor(sdk_mocks.MockMonitor):

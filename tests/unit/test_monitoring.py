@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 import yaml
 
-from components.hardened import HostPath
 from components.monitoring_config import BACKUP_METRIC
 from infra.config import NAMESPACE, ConfigError, load_spec
 from stacks.mocks import Evaluation, Resource, Secret, evaluate_program, is_file_holder, unwrap
@@ -287,20 +286,6 @@ def test_node_exporter_runs_as_nobody_with_the_hosts_sockets_masked(dev: Evaluat
         assert tmpfs.get(masked, "").startswith("ro,"), f"{node.urn}: {masked} is not masked by a read-only tmpfs"
     command = inputs["command"]
     assert any(c.startswith("--collector.filesystem.mount-points-exclude=^/(dev|proc|run|") for c in command), node.urn
-
-
-def test_host_path_refuses_the_docker_socket_and_its_directory() -> None:
-    for source in ("/var/run/docker.sock", "/var/run", "/run", "/run/containerd/containerd.sock", "/x/y.sock"):
-        with pytest.raises(ValueError, match="socket"):
-            HostPath(source, "/host")
-    with pytest.raises(ValueError, match="propagation"):
-        HostPath("/", "/host", propagation="rshared", masks=("/run", "/var/run"))
-    # A parent of the socket directories must mask each of them.
-    for source, masks in (("/", ()), ("/", ("/run",)), ("/var", ())):
-        with pytest.raises(ValueError, match="mask"):
-            HostPath(source, "/host", masks=masks)
-    with pytest.raises(ValueError, match="not below"):
-        HostPath("/var/lib", "/host", masks=("/run",))
 
 
 # -- data and secrets ------------------------------------------------------------------------
@@ -597,21 +582,3 @@ def test_config_files_go_read_only_into_a_config_volume_of_their_own(dev: Evalua
     for upload in configs:
         # Root-owned (no owner given), readable, never writable: the service mounts the volume read-only.
         assert (upload["permissions"], upload.get("owner"), upload.get("group")) == ("0444", None, None), prometheus.urn
-
-
-def test_only_the_host_pid_namespace_is_accepted() -> None:
-    import pulumi
-
-    from components.hardened import Healthcheck, NetworkAttachment, ServiceContainer, hardened_container
-
-    spec = ServiceContainer(
-        service="x",
-        image="x:1",
-        networks=[NetworkAttachment("net")],
-        healthcheck=Healthcheck(["CMD", "true"]),
-        memory_mb=64,
-        cpus=0.1,
-        pid_mode="container:other",
-    )
-    with pytest.raises(ValueError, match="pid_mode may only be 'host'"):
-        hardened_container("x", spec, pulumi.ResourceOptions())
