@@ -412,3 +412,43 @@ def test_an_upload_stays_secret_and_a_plain_config_file_does_not_become_one() ->
     ev = declare(lambda: replace(SPEC, secret_files={"k": pulumi.Output.secret("v")}, config_files={"c.yml": "x"}))
     holder = container(ev, "svc-files")
     assert isinstance(holder.inputs["uploads"], Secret), "an upload list holding a secret is secret as a whole"
+
+
+def test_masks_land_under_the_target_whatever_the_trailing_slashes() -> None:
+    spec = replace(SPEC, host_paths=[HostPath("/var", "/host/var/", masks=("/var/run",))])
+    assert container(declare(spec)).plain_inputs()["tmpfs"] == {"/host/var/run": MASK_TMPFS}
+    spec = replace(SPEC, host_paths=[HostPath("/", "/rootfs/", masks=("/run", "/var/run"))])
+    assert container(declare(spec)).plain_inputs()["tmpfs"] == {
+        "/rootfs/run": MASK_TMPFS,
+        "/rootfs/var/run": MASK_TMPFS,
+    }
+
+
+def test_everything_declared_for_a_container_uses_the_hosts_provider() -> None:
+    def program() -> None:
+        def on_host(child: pulumi.ResourceOptions) -> None:
+            import pulumi_docker as docker
+
+            provider = docker.Provider("gpu1", host="unix:///run/gpu1.sock", opts=child)
+            spec = replace(SPEC, secret_files={"k": pulumi.Output.secret("v")})
+            hardened_container(
+                "svc", spec, pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(provider=provider))
+            )
+
+        Host(on_host)
+
+    ev = evaluate_program(program, project="cluster-ai", stack="test", config={})
+    [provider] = [r for r in ev.resources if r.type == "pulumi:providers:docker"]
+    declared = [r for r in ev.resources if r.type.startswith("docker:index/")]
+    assert {r.name for r in declared} == {"svc", "svc-files", "svc-image", "svc-secrets"}
+    for resource in declared:
+        assert resource.provider_urn == provider.urn, f"{resource.urn} is not placed on the host's engine"
+
+
+def test_the_services_entrypoint_command_user_and_gpus_are_passed_through() -> None:
+    spec = replace(SPEC, entrypoint=["/bin/app"], command=["--serve"], user="1000:1000", gpus="device=0")
+    inputs = container(declare(spec)).plain_inputs()
+    assert (inputs["entrypoints"], inputs["command"]) == (["/bin/app"], ["--serve"])
+    assert (inputs["user"], inputs["gpus"]) == ("1000:1000", "device=0")
+    plain = container(declare(SPEC)).plain_inputs()
+    assert not {"entrypoints", "command", "user", "gpus", "pidMode"} & set(plain), "the image's own, unless declared"
