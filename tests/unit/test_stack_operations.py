@@ -288,29 +288,33 @@ class FakeStack:
         fail_with: int | None = None,
     ) -> None:
         self.calls: list[str] = []
+        self.options: dict[str, dict[str, Any]] = {}
         self.preview_events = preview_events or []
         self.run_events = run_events or [summary(same=3)]
         self.fail_with = fail_with
 
-    def _replay(self, name: str, events: list[EngineEvent], on_event: Any) -> None:
+    def _replay(self, name: str, events: list[EngineEvent], on_event: Any, options: dict[str, Any]) -> None:
         self.calls.append(name)
+        self.options[name] = options
+        if options.get("on_output") is not None:
+            options["on_output"](f"{name}: the engine's own progress line")
         for event in events:
             if on_event is not None:
                 on_event(event)
         if self.fail_with is not None and name != "preview":
             raise CommandError(CommandResult(stdout="", stderr=f"error: {name} failed\n", code=self.fail_with))
 
-    def preview(self, *, on_event: Any = None, **_: Any) -> None:
-        self._replay("preview", self.preview_events, on_event)
+    def preview(self, *, on_event: Any = None, **options: Any) -> None:
+        self._replay("preview", self.preview_events, on_event, options)
 
-    def up(self, *, on_event: Any = None, **_: Any) -> None:
-        self._replay("up", self.run_events, on_event)
+    def up(self, *, on_event: Any = None, **options: Any) -> None:
+        self._replay("up", self.run_events, on_event, options)
 
-    def destroy(self, *, on_event: Any = None, **_: Any) -> None:
-        self._replay("destroy", self.run_events, on_event)
+    def destroy(self, *, on_event: Any = None, **options: Any) -> None:
+        self._replay("destroy", self.run_events, on_event, options)
 
-    def preview_refresh(self, *, on_event: Any = None, **_: Any) -> None:
-        self._replay("preview_refresh", self.run_events, on_event)
+    def preview_refresh(self, *, on_event: Any = None, **options: Any) -> None:
+        self._replay("preview_refresh", self.run_events, on_event, options)
 
 
 class Terminal:
@@ -400,7 +404,7 @@ def audit_lines(root: Path) -> list[dict[str, Any]]:
         ([], None, "needs its name typed at a terminal, or --yes=dev"),
         ([], Terminal("prod\n"), "'prod' is not 'dev'"),
         ([], Terminal("\n"), "'' is not 'dev'"),
-        ([], Terminal(""), "no answer"),
+        ([], Terminal(""), "error: no answer: nothing destroyed"),
     ],
     ids=["wrong-yes", "no-tty", "wrong-answer", "empty-answer", "eof"],
 )
@@ -849,3 +853,589 @@ def test_adding_a_gpu_node_changes_what_the_runbook_says() -> None:
     for name, keys in changed.items():
         assert f"`~ {name}" in runbook and str(keys) in runbook, f"docs/operations.md does not list {name} {keys}"
     assert not any("gpu3" in urn for urn in before) and sum("gpu3" in urn for urn in after) > 10
+
+
+# -- what each operation asks of the engine ------------------------------------------------
+#
+# The Automation API call is the contract with the CLI: a dropped `refresh=True` would make
+# `up` blind to a container removed by hand, a dropped `policy_packs` would deploy what the
+# pack refuses, `expect_no_changes` is what makes drift exit non-zero.
+
+
+@pytest.fixture
+def opened(root: Path, boundary: Any, clean_env: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The root gets a policy pack; `open_stack`'s arguments are recorded."""
+    clean_env.delenv("CLUSTER_AI_POLICY_RUNTIME", raising=False)
+    (root / "policies").mkdir()
+    (root / "policies" / "PulumiPolicy.yaml").write_text("runtime: python\n")
+    seen: dict[str, Any] = {}
+    cli = object()
+
+    def open_stack(stack: str, **kwargs: Any) -> FakeStack:
+        seen.update(stack=stack, **kwargs)
+        return seen["fake"]
+
+    def install(stack: FakeStack) -> FakeStack:
+        boundary(stack)
+        seen["fake"] = stack
+        clean_env.setattr(automation, "require_cli", lambda: cli)
+        clean_env.setattr(automation, "open_stack", open_stack)
+        return stack
+
+    seen["install"], seen["cli"] = install, cli
+    return seen
+
+
+def test_preview_reads_the_live_state_applies_the_pack_and_streams_to_stdout(
+    root: Path, opened: dict[str, Any]
+) -> None:
+    stack = opened["install"](FakeStack())
+    code, out, err = run(["preview", "dev", "--root", str(root), "--diff"])
+    assert code == 0, err
+    assert stack.calls == ["preview"]
+    options = stack.options["preview"]
+    assert (options["refresh"], options["policy_packs"], options["diff"], options["color"]) == (
+        True,
+        [str(root / "policies")],
+        True,
+        "never",
+    )
+    assert "preview: the engine's own progress line\n" in out
+    assert (opened["stack"], opened["root"], opened["command"], opened["create"]) == ("dev", root, opened["cli"], True)
+    assert opened["backend"].url == f"file://{root / '.pulumi-state'}"
+
+
+def test_preview_without_the_pack_passes_none_and_no_diff_by_default(root: Path, opened: dict[str, Any]) -> None:
+    stack = opened["install"](FakeStack())
+    assert run(["preview", "dev", "--root", str(root), "--no-policies"])[0] == 0
+    assert (stack.options["preview"]["policy_packs"], stack.options["preview"]["diff"]) == (None, False)
+
+
+def test_up_previews_then_updates_with_refresh_and_the_pack(root: Path, opened: dict[str, Any]) -> None:
+    stack = opened["install"](FakeStack(preview_events=[pre("create", "urn:pulumi:dev::cluster-ai::x::redis")]))
+    code, out, err = run(["up", "dev", "--root", str(root), "--skip-backup"])
+    assert code == 0, err
+    assert stack.calls == ["preview", "up"]
+    pack = [str(root / "policies")]
+    planned = stack.options["preview"]
+    assert (planned["refresh"], planned["policy_packs"], planned["color"]) == (True, pack, "never")
+    applied = stack.options["up"]
+    assert (applied["refresh"], applied["policy_packs"], applied["diff"], applied["color"]) == (
+        True,
+        pack,
+        False,
+        "never",
+    )
+    assert "up: the engine's own progress line\n" in out
+    assert opened["create"] is True
+    (line,) = audit_lines(root)
+    assert line["detail"] == {"backup": "skipped (--skip-backup)"}
+
+
+@pytest.mark.parametrize("flag", [[], ["--no-policies"]])
+def test_up_without_the_pack_asks_for_none(flag: list[str], root: Path, opened: dict[str, Any]) -> None:
+    stack = opened["install"](FakeStack(preview_events=[pre("create", "urn:pulumi:dev::cluster-ai::x::redis")]))
+    assert run(["up", "dev", "--root", str(root), "--skip-backup", "--diff", *flag])[0] == 0
+    expected = None if flag else [str(root / "policies")]
+    assert stack.options["preview"]["policy_packs"] == stack.options["up"]["policy_packs"] == expected
+    assert stack.options["up"]["diff"] is True
+
+
+def test_destroy_opens_without_creating_and_streams_to_stdout(root: Path, opened: dict[str, Any]) -> None:
+    stack = opened["install"](FakeStack())
+    code, out, err = run(["destroy", "dev", "--root", str(root), "--yes=dev"])
+    assert code == 0, err
+    assert stack.calls == ["destroy"] and stack.options["destroy"]["color"] == "never"
+    assert "destroy: the engine's own progress line\n" in out
+    assert opened["create"] is False
+
+
+def test_drift_expects_no_changes_and_keeps_stdout_for_the_report(root: Path, opened: dict[str, Any]) -> None:
+    stack = opened["install"](FakeStack(run_events=[summary(same=3)]))
+    code, out, err = run(["drift", "dev", "--root", str(root)])
+    assert code == 0, err
+    options = stack.options["preview_refresh"]
+    assert (options["expect_no_changes"], options["color"]) == (True, "never")
+    assert "preview_refresh: the engine's own progress line\n" in err and "stack dev: no drift\n" in err
+    assert json.loads(out) == {"stack": "dev", "drifted": False, "changes": {"same": 3}, "resources": []}
+    assert out.endswith("}\n") and '\n  "stack": "dev"' in out, "the report is indented JSON"
+    assert opened["create"] is False
+
+
+def test_an_interrupted_up_is_audited_as_interrupted(root: Path, boundary: Any) -> None:
+    class Interrupted(FakeStack):
+        def up(self, *, on_event: Any = None, **options: Any) -> None:
+            raise KeyboardInterrupt
+
+    boundary(Interrupted(preview_events=[pre("create", "urn:pulumi:dev::cluster-ai::x::redis")]))
+    with pytest.raises(KeyboardInterrupt):
+        run(["up", "dev", "--root", str(root), "--skip-backup"])
+    (line,) = audit_lines(root)
+    assert line["result"] == "failed"
+    assert line["detail"] == {"backup": "skipped (--skip-backup)", "interrupted": True}
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def interrupted(args: Any) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(automation, "run_operation", interrupted)
+    assert main(["up", "dev"]) == 130
+    assert capsys.readouterr().err == "error: interrupted\n"
+
+
+# -- the pieces the engine's errors and the login go through -------------------------------
+
+
+def test_the_clis_diagnosis_is_its_error_lines_and_the_line_after_each_without_warnings() -> None:
+    stdout = "\n".join(
+        [
+            "Previewing update (dev):",
+            "    warning: a warning that mentions an error",
+            "  docker:index/container:Container (redis):",
+            "    error: creating container: port is already allocated",
+            "      Bind for 127.0.0.1:6379: address already in use",
+            "  unrelated line",
+            "Policy Violations:",
+            "    [mandatory]  cluster-ai v1  no-privileged (postgres)",
+            "    Containers must not be privileged.",
+        ]
+    )
+    error = CommandError(CommandResult(stdout=stdout, stderr="\nerror: update failed\n", code=255))
+    assert automation._last_error_lines(error) == "\n".join(
+        [
+            "    error: creating container: port is already allocated",
+            "      Bind for 127.0.0.1:6379: address already in use",
+            "Policy Violations:",
+            "    [mandatory]  cluster-ai v1  no-privileged (postgres)",
+            "    [mandatory]  cluster-ai v1  no-privileged (postgres)",
+            "    Containers must not be privileged.",
+            "error: update failed",
+        ]
+    )
+
+
+def test_the_clis_diagnosis_keeps_the_last_lines_when_there_are_many() -> None:
+    stdout = "\n".join(f"error: number {i}" for i in range(40))
+    stderr = "\n".join(f"stderr {i}" for i in range(20))
+    error = CommandError(CommandResult(stdout=stdout, stderr=stderr, code=1))
+    lines = automation._last_error_lines(error, limit=3).splitlines()
+    assert lines == [
+        "error: number 37",
+        "error: number 37",
+        "error: number 38",
+        "error: number 38",
+        "error: number 39",
+        "error: number 39",
+        "stderr 17",
+        "stderr 18",
+        "stderr 19",
+    ]
+    assert len(automation._last_error_lines(error).splitlines()) == 12 * 2 + 12, "the default is 12 of each"
+
+
+def test_stderr_alone_is_the_diagnosis_when_stdout_says_nothing() -> None:
+    error = CommandError(CommandResult(stdout="", stderr="error: no stack named 'dev' found", code=255))
+    assert automation._last_error_lines(error) == "error: no stack named 'dev' found"
+    odd = Exception("code: 2\n stderr: error: stderr: nested")
+    assert automation._last_error_lines(odd) == "error: stderr: nested"
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [("code: 5", 5), ("code: 1", 1), ("code: 255", 255), ("code: 0", 1), ("code: 256", 1), ("code: -1", 1), ("", 1)],
+)
+def test_the_exit_code_is_the_clis_when_it_is_one_a_shell_can_report(text: str, code: int) -> None:
+    assert automation._exit_code(Exception(f"command failed\n {text}\n stdout: x")) == code
+
+
+def credentials(home: Path, *urls: str) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "credentials.json").write_text(json.dumps({"accessTokens": {u: "pul-x" for u in urls}}))
+
+
+def test_a_login_is_found_in_pulumi_home_first_then_in_home(tmp_path: Path) -> None:
+    credentials(tmp_path / "ph", "https://api.example.test/")
+    credentials(tmp_path / "home" / ".pulumi", "s3://bucket")
+    env = {"PULUMI_HOME": str(tmp_path / "ph"), "HOME": str(tmp_path / "home")}
+    assert automation._logged_in("https://api.example.test", env)
+    assert automation._logged_in("https://api.example.test//", env), "trailing slashes do not matter"
+    assert not automation._logged_in("s3://bucket", env), "PULUMI_HOME wins over HOME"
+    assert automation._logged_in("s3://bucket/", {"HOME": str(tmp_path / "home")})
+    assert not automation._logged_in("s3://other", {"HOME": str(tmp_path / "home")})
+    assert not automation._logged_in("/api.example.test", env), "a leading slash is part of the URL"
+
+
+def test_no_credentials_or_unreadable_ones_are_no_login(tmp_path: Path) -> None:
+    assert not automation._logged_in("s3://bucket", {"PULUMI_HOME": str(tmp_path)})
+    (tmp_path / "credentials.json").write_text("{not json")
+    assert not automation._logged_in("s3://bucket", {"PULUMI_HOME": str(tmp_path)})
+    (tmp_path / "credentials.json").write_text(json.dumps({"accessTokens": None}))
+    assert not automation._logged_in("s3://bucket", {"PULUMI_HOME": str(tmp_path)})
+
+
+def test_require_cli_looks_for_pulumi_and_explains_a_cli_that_does_not_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pulumi import automation as auto
+
+    asked: list[str] = []
+    with pytest.raises(automation.OperationError):
+        automation.require_cli(lambda name: asked.append(name))  # type: ignore[func-returns-value]
+    assert asked == ["pulumi"]
+
+    def too_old() -> Any:
+        raise auto.InvalidVersionError("3.1.0 < 3.200.0")
+
+    monkeypatch.setattr(auto, "PulumiCommand", too_old)
+    with pytest.raises(automation.OperationError) as raised:
+        automation.require_cli(lambda name: "/usr/bin/pulumi")
+    assert str(raised.value).startswith("the Pulumi CLI is too old for this SDK: 3.1.0 < 3.200.0; install it")
+
+    def broken() -> Any:
+        raise OSError("exec format error")
+
+    monkeypatch.setattr(auto, "PulumiCommand", broken)
+    with pytest.raises(automation.OperationError) as raised:
+        automation.require_cli(lambda name: "/usr/bin/pulumi")
+    assert str(raised.value) == "the Pulumi CLI does not run: exec format error"
+
+
+def test_open_stack_creates_only_when_asked_and_names_what_is_missing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from pulumi import automation as auto
+
+    calls: list[tuple[str, str, Any]] = []
+    monkeypatch.setattr(auto, "create_or_select_stack", lambda s, **k: calls.append(("create", s, k)) or "created")
+    monkeypatch.setattr(auto, "select_stack", lambda s, **k: calls.append(("select", s, k)) or "selected")
+    backend = automation.Backend("file:///state", {"PULUMI_CONFIG_PASSPHRASE": "x"})
+    cli = object()
+    assert automation.open_stack("dev", root=tmp_path, backend=backend, command=cli, create=True) == "created"
+    assert automation.open_stack("dev", root=tmp_path, backend=backend, command=cli, create=False) == "selected"
+    for _, name, kwargs in calls:
+        assert name == "dev" and kwargs["work_dir"] == str(tmp_path)
+        options = kwargs["opts"]
+        assert (options.work_dir, options.env_vars, options.pulumi_command) == (str(tmp_path), backend.env, cli)
+
+    def missing(stack: str, **_: Any) -> Any:
+        raise auto.StackNotFoundError(CommandResult(stdout="", stderr="no stack named 'dev'", code=255))
+
+    monkeypatch.setattr(auto, "select_stack", missing)
+    with pytest.raises(automation.OperationError) as raised:
+        automation.open_stack("dev", root=tmp_path, backend=backend, command=cli, create=False)
+    assert raised.value.exit_code == automation.EXIT_NO_STACK
+    assert str(raised.value) == "no stack 'dev' on file:///state: run `python -m stacks up dev` first"
+
+    def failing(stack: str, **_: Any) -> Any:
+        raise auto.CommandError(CommandResult(stdout="", stderr="error: passphrase must be set", code=255))
+
+    monkeypatch.setattr(auto, "create_or_select_stack", failing)
+    with pytest.raises(automation.OperationError) as raised:
+        automation.open_stack("dev", root=tmp_path, backend=backend, command=cli, create=True)
+    assert raised.value.exit_code == 255
+    assert str(raised.value) == "cannot open stack 'dev' on file:///state:\nerror: passphrase must be set"
+
+
+def test_the_analyzer_copy_of_the_pack_links_every_file_and_names_the_runtime(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import yaml
+
+    source = tmp_path / "policies"
+    (source / "__pycache__").mkdir(parents=True)
+    (source / "PulumiPolicy.yaml").write_text("description: the pack\nruntime: python\n")
+    (source / "__main__.py").write_text("# the pack\n")
+    (source / "rules.py").write_text("# rules\n")
+    pack = tmp_path / ".pulumi-policy-pack"
+    pack.mkdir()
+    (pack / "stale.py").write_text("# from an older copy\n")
+    monkeypatch.setenv("CLUSTER_AI_POLICY_RUNTIME", "clusterai")
+    assert automation.policy_packs(tmp_path) == [str(pack)]
+    assert sorted(p.name for p in pack.iterdir()) == ["PulumiPolicy.yaml", "__main__.py", "rules.py"]
+    for name in ("__main__.py", "rules.py"):
+        assert (pack / name).is_symlink() and (pack / name).resolve() == source / name
+    manifest = yaml.safe_load((pack / "PulumiPolicy.yaml").read_text())
+    assert manifest == {
+        "description": "the pack",
+        "runtime": {"name": "clusterai", "options": {"virtualenv": str(tmp_path / ".venv")}},
+    }
+    assert list(yaml.safe_load((pack / "PulumiPolicy.yaml").read_text())) == ["description", "runtime"], "order kept"
+    # A file or a link where the copy goes is replaced, not followed.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    target = tmp_path / "dest"
+    target.symlink_to(elsewhere)
+    assert automation.analyzer_pack(tmp_path, "clusterai", dest=target) == target
+    assert not target.is_symlink() and list(elsewhere.iterdir()) == []
+    target_file = tmp_path / "as-file"
+    target_file.write_text("x")
+    assert (automation.analyzer_pack(tmp_path, "py", dest=target_file) / "rules.py").is_symlink()
+
+
+# -- the pre-update dump, at docker-py's boundary ----------------------------------------------
+
+
+class Declared:
+    """`stacks.status.declared_containers`' record of the backup service, as take_dump reads it."""
+
+    name = "postgres-backup"
+    host = "head"
+    docker_url = "ssh://ops@192.0.2.10:22"
+    ssh_opts = ("-o", "StrictHostKeyChecking=yes")
+    labels = {"cluster-ai.stack": "prod"}
+
+
+def test_the_dump_reaches_the_host_with_its_pinned_key_and_finds_the_stacks_backup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import stacks.status
+
+    backup = FakeContainer(b"backup: wrote /backups/a.dump\nbackup: wrote /backups/b.dump\n")
+    docker = FakeDocker([backup])
+    opened: list[tuple[str, Any]] = []
+
+    def client(url: str, ssh_opts: Any = ()) -> FakeDocker:
+        opened.append((url, ssh_opts))
+        return docker
+
+    monkeypatch.setattr(stacks.status, "docker_client", client)
+    dump = automation.take_dump(Declared())
+    assert opened == [("ssh://ops@192.0.2.10:22", ("-o", "StrictHostKeyChecking=yes"))]
+    assert docker.filters == [{"label": ["cluster-ai.stack=prod", "cluster-ai.container=postgres-backup"]}]
+    assert dump == automation.Dump("/backups/b.dump", "postgres-backup", "head", "ssh://ops@192.0.2.10:22")
+    assert dump.describe() == "/backups/b.dump (container postgres-backup on host head, ssh://ops@192.0.2.10:22)"
+
+
+def test_a_declared_container_without_options_or_stack_label_is_looked_up_as_such() -> None:
+    class Local:
+        name, host, docker_url, labels = "postgres-backup", "local", "unix:///var/run/docker.sock", {}
+
+    docker = FakeDocker([FakeContainer(b"backup: wrote /backups/c.dump\n")])
+    assert automation.take_dump(Local(), client_for=docker).path == "/backups/c.dump"
+    assert docker.urls == ["unix:///var/run/docker.sock"]
+    assert docker.filters == [{"label": ["cluster-ai.stack=", "cluster-ai.container=postgres-backup"]}]
+
+
+@pytest.mark.parametrize(
+    ("output", "code"),
+    [(b"backup: wrote /backups/x.dump\n", 1), (b"backup: pg_dump ok but nothing named\n", 0)],
+    ids=["failed-after-writing", "no-dump-named"],
+)
+def test_a_dump_that_fails_or_names_no_file_stops_with_the_last_lines(output: bytes, code: int) -> None:
+    lines = b"".join(b"line %d\n" % i for i in range(8)) + output + "caf\u00e9 \xff\n".encode("latin-1")
+    docker = FakeDocker([FakeContainer(lines, code=code)])
+    with pytest.raises(automation.OperationError) as raised:
+        automation.take_dump(Declared(), client_for=docker)
+    tail = lines.decode(errors="replace").strip().splitlines()[-5:]
+    assert str(raised.value) == (
+        f"the pre-update dump in postgres-backup on host head failed (exit {code}):\n"
+        + "\n".join(tail)
+        + "\nnothing was changed; fix the backup (or pass --skip-backup to update without a fresh dump)"
+    )
+
+
+def test_two_backup_containers_are_refused_rather_than_guessed() -> None:
+    docker = FakeDocker([FakeContainer(b""), FakeContainer(b"")])
+    with pytest.raises(automation.OperationError) as raised:
+        automation.take_dump(Declared(), client_for=docker)
+    assert str(raised.value).startswith("cannot take the pre-update dump: 2 running containers 'postgres-backup'")
+
+
+def test_a_dump_output_given_as_text_is_read_as_text() -> None:
+    class TextContainer(FakeContainer):
+        def exec_run(self, cmd: list[str], environment: dict[str, str]) -> tuple[int, Any]:
+            return 0, "backup: wrote /backups/t.dump"
+
+    assert automation.take_dump(Declared(), client_for=FakeDocker([TextContainer(b"")])).path == "/backups/t.dump"
+
+
+# -- the drift report, field by field ------------------------------------------------------------
+
+
+def test_the_drift_report_names_each_resource_with_its_type_op_and_properties() -> None:
+    events = [
+        step("resOutputsEvent", "update", VOLUME_URN, "docker:index/volume:Volume", diffs=["labels"]),
+        step("resOutputsEvent", "delete", URN, CONTAINER, old={"urn": URN}),
+        summary(same=28, delete=1, update=1),
+    ]
+    report = automation.drift_report("dev", events)
+    assert report.to_json() == {
+        "stack": "dev",
+        "drifted": True,
+        "changes": {"delete": 1, "same": 28, "update": 1},
+        "resources": [
+            {"urn": URN, "type": CONTAINER, "name": "redis", "op": "delete", "properties": []},
+            {
+                "urn": VOLUME_URN,
+                "type": "docker:index/volume:Volume",
+                "name": "redis-data",
+                "op": "update",
+                "properties": ["labels"],
+            },
+        ],
+    }
+    assert automation.render_drift(report) == (
+        "stack dev: DRIFT in 2 resource(s)\n"
+        f"  delete  {CONTAINER}  redis\n"
+        "  update  docker:index/volume:Volume  redis-data (labels)"
+    )
+    report.resources[1].properties.append("driverOpts")
+    assert automation.render_drift(report).endswith("redis-data (labels, driverOpts)")
+    assert automation.render_drift(automation.drift_report("dev", [summary(same=3)])) == "stack dev: no drift"
+
+
+def test_a_delete_seen_after_an_update_of_the_same_resource_wins_and_not_the_reverse() -> None:
+    update = step("resourcePreEvent", "update", URN, CONTAINER, diffs=["env"])
+    delete = step("resOutputsEvent", "delete", URN, CONTAINER, old={"urn": URN})
+    for events in ([update, delete], [delete, update]):
+        [resource] = automation.drift_report("dev", events).resources
+        assert resource.op == "delete", [e.resource_pre_event for e in events]
+
+
+def test_drift_counts_come_from_the_last_summary_and_a_count_alone_is_drift() -> None:
+    report = automation.drift_report("dev", [summary(same=30), summary(same=29, update=1)])
+    assert report.changes == {"same": 29, "update": 1} and report.resources == []
+    assert report.drifted, "an update counted by the engine is drift even when no step event named it"
+    assert automation._summary_changes([summary(same=2), summary(create=1)]) == {"create": 1}
+    assert automation._summary_changes([]) == {}
+
+
+def test_data_changes_are_sorted_by_urn_and_carry_the_engines_op() -> None:
+    a = "urn:pulumi:dev::cluster-ai::x$docker:index/container:Container::a-webui"
+    b = "urn:pulumi:dev::cluster-ai::x$docker:index/container:Container::b-postgres"
+    events = [
+        pre("update", b),
+        pre("replace", a),
+        pre("replace", b),
+        step("resourcePreEvent", "delete", a, "docker:index/volume:Volume"),
+        pre("same", a),
+    ]
+    assert automation.data_changes(events, {a, b}) == [
+        automation.DataChange(a, "replace"),
+        automation.DataChange(b, "update"),
+    ]
+    assert [c.name for c in automation.data_changes(events, {a, b})] == ["a-webui", "b-postgres"]
+    labelled = [
+        pre("delete", b, new={"urn": b, "inputs": {"labels": [{"label": "cluster-ai.service", "value": "postgres"}]}})
+    ]
+    assert automation.data_changes(labelled, set()) == [automation.DataChange(b, "delete")]
+
+
+# -- the backend, exactly ------------------------------------------------------------------------
+
+
+def test_every_backend_turns_the_clis_update_check_off(root: Path) -> None:
+    backend = automation.resolve_backend("dev", root=root, environ={"PULUMI_CONFIG_PASSPHRASE": "x"})
+    assert backend.env == {"PULUMI_BACKEND_URL": f"file://{root}/.pulumi-state", "PULUMI_SKIP_UPDATE_CHECK": "true"}
+
+
+def test_a_missing_state_directory_that_is_not_the_default_is_named(root: Path, tmp_path: Path) -> None:
+    url = f"file://{tmp_path / 'elsewhere'}"
+    with pytest.raises(automation.OperationError) as raised:
+        automation.resolve_backend("dev", root=root, environ={"PULUMI_BACKEND_URL": url})
+    assert str(raised.value) == f"the state backend {url} does not exist: create {tmp_path / 'elsewhere'}"
+
+
+@pytest.mark.parametrize("url", ["https://pulumi.example.test", "http://pulumi.internal:8080/"])
+def test_a_self_hosted_service_backend_is_used_once_logged_in(url: str, root: Path, tmp_path: Path) -> None:
+    home = tmp_path / "pulumi-home"
+    with pytest.raises(automation.OperationError, match="not logged in"):
+        automation.resolve_backend("dev", root=root, environ={"PULUMI_BACKEND_URL": url, "PULUMI_HOME": str(home)})
+    credentials(home, url)
+    backend = automation.resolve_backend(
+        "dev", root=root, environ={"PULUMI_BACKEND_URL": url, "PULUMI_HOME": str(home)}
+    )
+    assert backend.env == {"PULUMI_BACKEND_URL": url, "PULUMI_SKIP_UPDATE_CHECK": "true"}
+
+
+def test_a_passphrase_file_from_the_environment_is_handed_to_the_cli(root: Path, tmp_path: Path) -> None:
+    given = tmp_path / "pass"
+    given.write_text("x\n")
+    env = {"PULUMI_BACKEND_URL": "s3://state", "PULUMI_CONFIG_PASSPHRASE_FILE": str(given)}
+    assert automation.resolve_backend("dev", root=root, environ=env).env["PULUMI_CONFIG_PASSPHRASE_FILE"] == str(given)
+
+
+def test_a_missing_passphrase_names_make_stack_ready_only_for_a_local_backend(root: Path) -> None:
+    with pytest.raises(automation.OperationError) as raised:
+        automation.resolve_backend("dev", root=root, environ={"PULUMI_BACKEND_URL": "s3://state"})
+    assert str(raised.value) == (
+        "no passphrase for the secrets of this stack on s3://state: set PULUMI_CONFIG_PASSPHRASE or "
+        "PULUMI_CONFIG_PASSPHRASE_FILE"
+    )
+    (root / ".pulumi-state" / "passphrase").unlink()
+    with pytest.raises(automation.OperationError) as raised:
+        automation.resolve_backend("dev", root=root, environ={})
+    assert str(raised.value).endswith(
+        "PULUMI_CONFIG_PASSPHRASE_FILE (or run `make stack-ready` once to generate .pulumi-state/passphrase)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "own"),
+    [("", False), ("secretsprovider: passphrase\n", False), ("secretsprovider: gcpkms://projects/p/k\n", True)],
+)
+def test_only_a_non_passphrase_secrets_provider_is_the_stacks_own(line: str, own: bool, root: Path) -> None:
+    stack_file = root / "Pulumi.dev.yaml"
+    stack_file.write_text(line + stack_file.read_text())
+    assert automation._stack_has_own_secrets_provider("dev", root) is own
+    assert automation._stack_has_own_secrets_provider("nope", root) is False
+
+
+def test_progress_lines_end_with_exactly_one_newline() -> None:
+    import io
+
+    stream = io.StringIO()
+    emit = automation._printer(stream)
+    emit("one")
+    emit("two\n")
+    assert stream.getvalue() == "one\ntwo\n"
+
+
+def test_a_locked_stack_says_so(root: Path, boundary: Any) -> None:
+    from pulumi import automation as auto
+
+    class Locked(FakeStack):
+        def preview(self, *, on_event: Any = None, **options: Any) -> None:
+            raise auto.ConcurrentUpdateError(CommandResult(stdout="", stderr="error: the stack is locked", code=255))
+
+    boundary(Locked())
+    code, _, err = run(["preview", "dev", "--root", str(root)])
+    assert (code, err) == (1, "error: stack 'dev' is locked by another update; wait, or `pulumi cancel`\n")
+
+
+def test_a_step_seen_only_before_it_ran_is_drift_too() -> None:
+    events = [step("resourcePreEvent", "update", URN, CONTAINER, diffs=["env"]), summary(same=1, update=1)]
+    [resource] = automation.drift_report("dev", events).resources
+    assert (resource.name, resource.op, resource.properties) == ("redis", "update", ["env"])
+
+
+def test_a_first_up_whose_stack_outputs_are_new_is_a_change() -> None:
+    new_outputs = step("resOutputsEvent", "same", STACK_URN, "pulumi:pulumi:Stack", new={"outputs": {"a": 1}})
+    assert automation.nothing_to_change([new_outputs, summary(same=1)]) is False
+    assert automation.nothing_to_change([summary(same=1)]) is True
+    assert automation.nothing_to_change([]) is False
+
+
+def test_up_says_what_the_plan_changes_before_the_dump_and_when_none_is_needed(
+    root: Path, boundary: Any, dev_containers: dict[str, str]
+) -> None:
+    events = [pre("replace", dev_containers["webui"]), pre("update", dev_containers["postgres"])]
+    boundary(FakeStack(preview_events=events))
+    docker = FakeDocker([FakeContainer(b"backup: wrote " + DUMP.encode() + b"\n")])
+    code, out, err = run(["up", "dev", "--root", str(root)], docker=docker)
+    assert code == 0, err
+    # Sorted by URN: the Open WebUI component sorts before PostgreSQL.
+    assert "pre-update backup: the plan changes webui (replace), postgres (update): taking a fresh dump first\n" in out
+    boundary(FakeStack(preview_events=[pre("replace", dev_containers["redis"])]))
+    code, out, err = run(["up", "dev", "--root", str(root)], docker=FakeDocker([]))
+    assert code == 0, err
+    assert "pre-update backup: not needed (the plan does not change PostgreSQL or Open WebUI)\n" in out
+
+
+def test_up_on_a_stack_file_broken_since_the_preview_is_a_config_error(root: Path, boundary: Any) -> None:
+    stack_file = root / "Pulumi.dev.yaml"
+    stack_file.write_text(stack_file.read_text() + "  cluster-ai:backups:\n    enabled: maybe\n")
+    stack = boundary(FakeStack(preview_events=[pre("replace", "urn:pulumi:dev::cluster-ai::x::postgres")]))
+    code, _, err = run(["up", "dev", "--root", str(root)], docker=FakeDocker([]))
+    assert code == 2, err
+    assert "cluster-ai:backups.enabled" in err and "Traceback" not in err
+    assert stack.calls == ["preview"]

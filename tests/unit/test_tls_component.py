@@ -198,3 +198,35 @@ def test_a_subject_carries_an_ou_only_for_a_role() -> None:
     assert client_subject("gpu1", None) == "CN=gpu1,O=cluster-ai"
     assert client_subject("egress", "egress") == "CN=egress,OU=egress,O=cluster-ai"
     assert CertSpec("gpu1").subject == "CN=gpu1,O=cluster-ai"
+
+
+def test_every_resource_of_the_ca_and_of_its_leaves_is_a_child_of_the_ca() -> None:
+    """Keys included: a key outside the CA's subtree would move its URN and leave `--target` of the CA."""
+
+    def program() -> None:
+        CertificateAuthority("ca", ca_args()).issue("web", CertSpec("web"))
+
+    ev = run(program)
+    [ca] = [r for r in ev.resources if r.type == "cluster-ai:index:CertificateAuthority"]
+    tls_resources = [r for r in ev.resources if r.type.startswith("tls:")]
+    assert sorted(r.name for r in tls_resources) == ["ca-cert", "ca-key", "ca-web-cert", "ca-web-csr", "ca-web-key"]
+    for resource in tls_resources:
+        assert resource.parent == ca.urn, f"{resource.urn}: parent {resource.parent}"
+
+
+def test_an_issued_certificate_carries_its_own_signed_certificate_and_the_cas() -> None:
+    """`files()` mounts these: the leaf's certificate and the CA's, never one for the other."""
+
+    def program() -> None:
+        ca = CertificateAuthority("ca", ca_args())
+        issued = ca.issue("web", CertSpec("web"))
+        pulumi.export("cert", issued.cert_pem)
+        pulumi.export("ca", issued.ca_cert_pem)
+        pulumi.export("caOwn", ca.cert_pem)
+
+    ev = run(program)
+    [ca_cert] = ev.by_type(SELF_SIGNED)
+    [signed] = ev.by_type(SIGNED)
+    assert ev.exports["cert"] == signed.outputs["certPem"]
+    assert ev.exports["ca"] == ca_cert.outputs["certPem"] == ev.exports["caOwn"]
+    assert ev.exports["cert"] != ev.exports["ca"]
