@@ -452,3 +452,52 @@ def test_the_services_entrypoint_command_user_and_gpus_are_passed_through() -> N
     assert (inputs["user"], inputs["gpus"]) == ("1000:1000", "device=0")
     plain = container(declare(SPEC)).plain_inputs()
     assert not {"entrypoints", "command", "user", "gpus", "pidMode"} & set(plain), "the image's own, unless declared"
+
+
+def test_the_holder_mounts_the_services_file_volumes_writable_and_is_not_privileged() -> None:
+    ev = declare(lambda: replace(SPEC, secret_files={"k": pulumi.Output.secret("v")}, config_files={"c.yml": "x"}))
+    inputs = container(ev, "svc-files").plain_inputs()
+    volumes = {v.name: v.outputs["name"] for v in ev.by_type(VOLUME)}
+    assert inputs["privileged"] is False
+    assert inputs["mounts"] == [
+        {"type": "volume", "source": volumes["svc-secrets"], "target": SECRETS_DIR},
+        {"type": "volume", "source": volumes["svc-config"], "target": CONFIG_DIR},
+    ], "the holder is where the files are written: its mounts are not read-only"
+
+
+def test_every_resource_of_a_container_is_a_child_of_the_component_and_waits_for_its_dependencies() -> None:
+    def program() -> None:
+        def on_host(child: pulumi.ResourceOptions) -> None:
+            import pulumi_docker as docker
+
+            network = docker.Network("before", opts=child)
+            spec = replace(SPEC, secret_files={"k": pulumi.Output.secret("v")}, config_files={"c.yml": "x"})
+            hardened_container(
+                "svc", spec, pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[network]))
+            )
+
+        Host(on_host)
+
+    ev = evaluate_program(program, project="cluster-ai", stack="test", config={})
+    [host] = [r for r in ev.resources if r.type == "cluster-ai:test:Host"]
+    [network] = [r for r in ev.resources if r.name == "before"]
+    declared = [r for r in ev.resources if r.type.startswith("docker:index/") and r.name != "before"]
+    assert {r.name for r in declared} == {"svc", "svc-files", "svc-image", "svc-secrets", "svc-config"}
+    for resource in declared:
+        assert resource.parent == host.urn, f"{resource.urn}: parent {resource.parent}"
+        assert network.urn in resource.dependencies, f"{resource.urn} does not wait for what the component waits for"
+
+
+def test_a_config_file_lands_under_the_config_directory_whatever_its_first_letter() -> None:
+    ev = declare(lambda: replace(SPEC, config_files={"/Xorg.conf": "x", "/etc/X/y.conf": "y"}))
+    uploads = container(ev, "svc-files").plain_inputs()["uploads"]
+    assert [u["file"] for u in uploads] == [f"{CONFIG_DIR}/Xorg.conf", f"{CONFIG_DIR}/etc/X/y.conf"]
+
+
+def test_a_host_path_ending_in_any_letter_is_compared_as_a_whole_path() -> None:
+    with pytest.raises(ValueError, match="mask /srv/Y is not below it"):
+        HostPath("/srv/X", "/host", masks=("/srv/Y",))
+    spec = replace(SPEC, host_paths=[HostPath("/X/", "/host", masks=("/X/run",))])
+    assert container(declare(spec)).plain_inputs()["tmpfs"] == {"/host/run": MASK_TMPFS}
+    spec = replace(SPEC, host_paths=[HostPath("/", "/rootX", masks=("/run", "/var/run"))])
+    assert container(declare(spec)).plain_inputs()["tmpfs"] == {"/rootX/run": MASK_TMPFS, "/rootX/var/run": MASK_TMPFS}
