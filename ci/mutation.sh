@@ -21,7 +21,7 @@ MUTMUT_VERSION=3.8.1
 # tests (test_hardened.py, test_tls_component.py) call the code in every test.
 DEFAULT_PLAN="components/hardened.py=tests/unit/test_hardened.py,tests/unit/test_components.py,tests/unit/test_file_holders.py"
 DEFAULT_PLAN+=";components/tls.py=tests/unit/test_tls_component.py,tests/unit/test_components.py"
-DEFAULT_PLAN+=";infra/config.py=tests/unit/test_config_errors.py,tests/unit/test_hostile_configs.py"
+DEFAULT_PLAN+=";infra/config.py=tests/unit/test_config_errors.py,tests/unit/test_config_checks.py"
 DEFAULT_PLAN+=";stacks/automation.py=tests/unit/test_stack_operations.py"
 # Tests that start `make` (the checkout's own venv, outside mutmut's harness) cannot run here.
 DESELECT="not test_make_prints_only_the_json_on_stdout"

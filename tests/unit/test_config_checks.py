@@ -7,6 +7,7 @@ last value accepted, the first refused) and pins the whole message a user reads.
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 import json
@@ -15,12 +16,17 @@ from typing import Any
 import pytest
 
 from infra.config import (
+    HOST_KEY_EXPECTED,
     ClusterSpec,
     ConfigError,
+    _admin_network,
     _escape,
     _service_memory_mb,
     _usable_memory_mb,
     load_spec,
+    normalise_host_key,
+    normalise_model_name,
+    parse_ip,
     placed_services,
 )
 from stacks.stackfile import read_stack_config
@@ -56,8 +62,12 @@ def encode(config: Config) -> dict[str, str]:
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
 
 
+# Set with `pulumi config set --secret`: the CLI hands them over decrypted, marked secret.
+SECRET_KEYS = (NS + "smtpPassword", NS + "slackWebhookUrl")
+
+
 def load(config: Config) -> ClusterSpec:
-    return load_spec(encode(config))
+    return load_spec(encode(config), SECRET_KEYS)
 
 
 def problems(config: Config) -> tuple[str, ...]:
@@ -362,3 +372,215 @@ def test_escaped_text_is_one_bounded_line_of_ascii() -> None:
     assert _escape("x" * 121) == "x" * 120 + "..."
     assert _escape("é\nz") == "\\xe9\\nz"
     assert _escape("abc", limit=2) == "ab..."
+
+
+# -- alert receivers and their secrets ------------------------------------------------------
+
+
+def test_an_smtp_login_needs_its_password_and_a_password_needs_its_login(prod: Config) -> None:
+    prod[NS + "monitoring"]["smtp"]["user"] = "alerts"
+    assert one_problem(prod, f"{NS}smtpPassword") == (
+        f"{NS}smtpPassword: is required because {NS}monitoring.smtp.user is set; "
+        "set it with `pulumi config set --secret smtpPassword <password>`"
+    )
+    prod[NS + "smtpPassword"] = "s3cret"
+    assert load(prod).monitoring.smtp.user == "alerts"
+    del prod[NS + "monitoring"]["smtp"]["user"]
+    assert one_problem(prod, f"{NS}smtpPassword") == (
+        f"{NS}smtpPassword: is set but {NS}monitoring.smtp.user is not: "
+        "set the SMTP login, or remove the password (`pulumi config rm smtpPassword`)"
+    )
+
+
+def test_a_slack_channel_needs_its_webhook_and_a_webhook_needs_its_channel(prod: Config) -> None:
+    prod[NS + "monitoring"]["slack"] = {"channel": "#alerts"}
+    assert one_problem(prod, f"{NS}slackWebhookUrl") == (
+        f"{NS}slackWebhookUrl: is required because {NS}monitoring.slack is set; "
+        "set it with `pulumi config set --secret slackWebhookUrl https://hooks.slack.com/services/...`"
+    )
+    prod[NS + "slackWebhookUrl"] = "https://hooks.slack.com/services/T0/B0/x"
+    assert load(prod).monitoring.slack is not None
+    del prod[NS + "monitoring"]["slack"]
+    assert one_problem(prod, f"{NS}slackWebhookUrl") == (
+        f"{NS}slackWebhookUrl: is set but {NS}monitoring.slack is not: "
+        "set monitoring.slack.channel, or remove the URL (`pulumi config rm slackWebhookUrl`)"
+    )
+
+
+def test_prod_with_monitoring_must_route_alerts_somewhere(prod: Config, dev: Config) -> None:
+    del prod[NS + "monitoring"]["smtp"]
+    assert one_problem(prod, f"{NS}monitoring:") == (
+        f"{NS}monitoring: prod must route alerts somewhere: set monitoring.smtp "
+        "(host, from, to) and/or monitoring.slack (channel, with the secret slackWebhookUrl)"
+    )
+    prod[NS + "monitoring"]["enabled"] = False
+    assert not load(prod).monitoring.enabled
+    dev[NS + "monitoring"] = {"enabled": True}
+    assert load(dev).monitoring.enabled, "dev may keep its alerts in Alertmanager's UI"
+
+
+# -- the prod entry and the hosts it reaches -----------------------------------------------------
+
+
+def test_acme_needs_an_email(prod: Config) -> None:
+    prod[NS + "proxy"] = {**prod[NS + "proxy"], "tls": "acme"}
+    prod[NS + "proxy"].pop("acmeEmail", None)
+    assert one_problem(prod, f"{NS}proxy.acmeEmail") == f"{NS}proxy.acmeEmail: ACME needs an email for the account"
+
+
+def test_prod_without_admin_networks_is_refused(prod: Config) -> None:
+    prod[NS + "firewall"] = {"adminNetworks": []}
+    assert one_problem(prod, f"{NS}firewall.adminNetworks") == (
+        f"{NS}firewall.adminNetworks: prod admits SSH only from admin networks; list at least one CIDR"
+    )
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "::1"])
+def test_a_prod_proxy_on_loopback_is_refused(prod: Config, address: str) -> None:
+    prod[NS + "proxy"] = {**prod[NS + "proxy"], "listenAddress": address}
+    assert one_problem(prod, f"{NS}proxy.listenAddress") == (
+        f"{NS}proxy.listenAddress: a loopback address makes the proxy unreachable"
+    )
+
+
+def test_a_prod_host_named_rather_than_addressed_is_refused(prod: Config) -> None:
+    prod[NS + "hosts"][1]["address"] = "gpu1.example.com"
+    assert one_problem(prod, f"{NS}hosts[1].address") == (
+        f"{NS}hosts[1].address: 'gpu1.example.com' must be an IP address in a multi-host stack: the host's "
+        "published ports are bound to it, and Docker binds only to addresses"
+    )
+
+
+def test_a_host_reached_over_ssh_takes_no_docker_host(prod: Config) -> None:
+    prod[NS + "hosts"][2]["dockerHost"] = "unix:///run/docker.sock"
+    user, address = prod[NS + "hosts"][2]["ssh"]["user"], prod[NS + "hosts"][2]["address"]
+    assert one_problem(prod, f"{NS}hosts[2].dockerHost") == (
+        f"{NS}hosts[2].dockerHost: a host reached over SSH uses ssh://{user}@{address}; remove dockerHost"
+    )
+
+
+def test_a_prod_host_without_ssh_is_refused(prod: Config) -> None:
+    del prod[NS + "hosts"][1]["ssh"]
+    assert one_problem(prod, f"{NS}hosts[1].ssh") == (
+        f"{NS}hosts[1].ssh: prod reaches every host over SSH with its host key pinned; "
+        "set user, privateKeyPath and hostKey (`ssh-keyscan -t ed25519 <address>`)"
+    )
+
+
+# -- model names from a private registry -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [
+        ("qwen2.5:0.5b", "qwen2.5:0.5b"),
+        ("library/qwen2.5:0.5b", "library/qwen2.5:0.5b"),
+        ("Registry.Example.COM/team/tiny:1", "registry.example.com/team/tiny:1"),
+        ("registry.internal:5000/team/tiny:1", "registry.internal:5000/team/tiny:1"),
+        ("10.0.0.7:1/team/tiny:1", "10.0.0.7:1/team/tiny:1"),
+        ("10.0.0.7:65535/team/tiny:1", "10.0.0.7:65535/team/tiny:1"),
+        ("localhost/team/tiny:1", "localhost/team/tiny:1"),
+    ],
+)
+def test_a_model_name_is_stored_with_its_registry_normalised(given: str, stored: str) -> None:
+    assert normalise_model_name(given) == stored
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ("[2001:db8::1]:5000/team/tiny:1", "registry '[2001:db8::1]:5000': must be host or host:port"),
+        ("123.45/team/tiny:1", "registry '123.45': '123.45' is neither a DNS name nor an IPv4 address"),
+        ("bad_host!/team/tiny:1", "registry 'bad_host!': 'bad_host!' is neither a DNS name nor an IPv4 address"),
+        ("registry.internal:05000/team/tiny:1", "registry 'registry.internal:05000': port must be 1-65535"),
+        ("registry.internal:0/team/tiny:1", "registry 'registry.internal:0': port must be 1-65535"),
+        ("registry.internal:65536/team/tiny:1", "registry 'registry.internal:65536': port must be 1-65535"),
+    ],
+)
+def test_a_registry_that_is_not_a_host_or_port_is_refused_naming_it(given: str, message: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        normalise_model_name(given)
+    assert str(raised.value).startswith(message), str(raised.value)
+
+
+@pytest.mark.parametrize("given", ["Team/tiny:1", "team/tiny", "registry.internal/Team/tiny:1", "a/b/c/d:1"])
+def test_a_model_name_outside_ollamas_grammar_is_refused_with_the_grammar(given: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        normalise_model_name(given)
+    assert str(raised.value) == (
+        "must be [host[:port]/]namespace/name:tag or name:tag with an explicit tag "
+        "(lowercase letters, digits, '.', '_' and '-')"
+    )
+
+
+# -- addresses, admin networks and host keys, by their validators ----------------------------------
+
+
+def test_an_address_with_an_ipv6_zone_is_refused_with_its_reason() -> None:
+    with pytest.raises(ValueError) as raised:
+        parse_ip("fe80::1%eth0")
+    assert str(raised.value) == "must not carry an IPv6 zone (`%<interface>`): give the address alone"
+    with pytest.raises(ValueError) as raised:
+        parse_ip("gpu1")
+    assert str(raised.value) == "must be an IP address"
+
+
+@pytest.mark.parametrize(
+    ("cidr", "message"),
+    [
+        ("fe80::/64%eth0", "carries an IPv6 zone (`%...`): give the network alone"),
+        ("198.51.100.1/24", "is not a network in CIDR form (e.g. 198.51.100.0/24)"),
+        ("admins", "is not a network in CIDR form (e.g. 198.51.100.0/24)"),
+        ("0.0.0.0/0", "admits the whole internet"),
+        ("::/0", "admits the whole internet"),
+    ],
+)
+def test_an_admin_network_that_is_not_one_network_is_refused(cidr: str, message: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        _admin_network(cidr)
+    assert str(raised.value) == message
+
+
+def test_an_admin_network_is_stored_as_python_writes_it_and_half_the_internet_is_one() -> None:
+    assert _admin_network("2001:DB8::/32") == "2001:db8::/32"
+    assert _admin_network("0.0.0.0/1") == "0.0.0.0/1", "only the union check refuses the two halves together"
+
+
+def ssh_blob(kind: str, extra: int) -> str:
+    """The base64 of an SSH public key blob: the type, then `extra` bytes of key material."""
+    name = kind.encode()
+    return base64.b64encode(len(name).to_bytes(4, "big") + name + b"k" * extra).decode()
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [
+        ("ssh-ed25519 {b}", "ssh-ed25519 {b}"),
+        ("192.0.2.11 ssh-ed25519 {b}", "ssh-ed25519 {b}"),
+        ("ssh-ed25519 {b} root@gpu1", "ssh-ed25519 {b}"),
+        ("  ssh-ed25519   {b}  \n", "ssh-ed25519 {b}"),
+    ],
+)
+def test_a_host_key_is_stored_as_type_and_key(given: str, stored: str) -> None:
+    blob = ssh_blob("ssh-ed25519", 16)  # the shortest blob accepted: 16 bytes after the type
+    assert normalise_host_key(given.format(b=blob)) == stored.format(b=blob)
+
+
+@pytest.mark.parametrize(
+    ("given", "reason"),
+    [
+        ("ssh-ed25519 {b}\nssh-ed25519 {b}", "holds more than one line: pin exactly one key"),
+        ("ssh-ed25519 {b}\r", "holds more than one line: pin exactly one key"),
+        ("gpu1 192.0.2.11 ssh-ed25519 {b}", HOST_KEY_EXPECTED),
+        ("ssh-ed25519", HOST_KEY_EXPECTED),
+        ("ssh-ed25519 *{b}", f"{HOST_KEY_EXPECTED}; the key after ssh-ed25519 is not base64"),
+        ("ssh-ed25519 {short}", f"{HOST_KEY_EXPECTED}; the base64 part is not a ssh-ed25519 key"),
+        ("ssh-rsa {b}", f"{HOST_KEY_EXPECTED}; the base64 part is not a ssh-rsa key"),
+    ],
+    ids=["two-lines", "carriage-return", "type-third", "no-key", "not-base64", "too-short", "other-type"],
+)
+def test_a_host_key_that_is_not_one_key_of_its_type_is_refused(given: str, reason: str) -> None:
+    text = given.format(b=ssh_blob("ssh-ed25519", 16), short=ssh_blob("ssh-ed25519", 15))
+    with pytest.raises(ValueError) as raised:
+        normalise_host_key(text)
+    assert str(raised.value) == reason
