@@ -221,6 +221,13 @@ class RecordingMonitor(sdk_mocks.MockMonitor):
         self.order.append(resource.urn)
         return response
 
+    def RegisterResourceOutputs(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
+        # A component's `register_outputs`: what the engine stores as the component's outputs.
+        recorded = self.recorded.get(request.urn)
+        if recorded is not None:
+            recorded.outputs = _mark_secrets(rpc.deserialize_properties(request.outputs))
+        return super().RegisterResourceOutputs(request)
+
 
 CONTAINER = "docker:index/container:Container"
 # components/hardened.py labels the container that carries a service's files (never started).

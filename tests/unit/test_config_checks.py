@@ -122,6 +122,7 @@ def test_a_port_on_the_worker_base_itself_is_a_duplicate(dev: Config) -> None:
     found = problems(dev)
     assert f"{NS}ports.grafana: port 9000 is used by more than one service" in found
     assert f"{NS}ports.workerBase: port 9000 is used by more than one service" in found
+    assert not [p for p in found if "overlap" in p], "the base is not also inside its own range"
 
 
 # -- SSH ports against what the host publishes ------------------------------------------------
@@ -584,3 +585,36 @@ def test_a_host_key_that_is_not_one_key_of_its_type_is_refused(given: str, reaso
     with pytest.raises(ValueError) as raised:
         normalise_host_key(text)
     assert str(raised.value) == reason
+
+
+# -- what an error says --------------------------------------------------------------------------
+
+
+def test_a_config_error_lists_every_problem_one_per_line() -> None:
+    error = ConfigError([f"{NS}a: one", f"{NS}b: two"])
+    assert str(error) == f"invalid stack config (2 problem(s)):\n  - {NS}a: one\n  - {NS}b: two"
+    assert error.problems == (f"{NS}a: one", f"{NS}b: two")
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        ("redis", f"{NS}images.redis: 'redis' must name a version tag or a digest, not just a repository"),
+        (
+            "redis:latest",
+            f"{NS}images.redis: 'redis:latest' must not float on ':latest'; pin a version tag or a digest",
+        ),
+    ],
+)
+def test_an_image_without_a_pin_is_refused_saying_how_to_pin_it(dev: Config, image: str, message: str) -> None:
+    dev[NS + "images"] = {"redis": image}
+    assert one_problem(dev, f"{NS}images.redis") == message
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [(False, "false (a YAML boolean)"), (True, "true (a YAML boolean)"), ({"a": 1}, "an object with keys")],
+)
+def test_a_value_of_the_wrong_type_is_named_by_its_yaml_type(dev: Config, value: Any, shown: str) -> None:
+    dev[NS + "dask"] = {"version": value}
+    assert shown in one_problem(dev, f"{NS}dask.version")

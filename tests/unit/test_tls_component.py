@@ -230,3 +230,11 @@ def test_an_issued_certificate_carries_its_own_signed_certificate_and_the_cas() 
     assert ev.exports["cert"] == signed.outputs["certPem"]
     assert ev.exports["ca"] == ca_cert.outputs["certPem"] == ev.exports["caOwn"]
     assert ev.exports["cert"] != ev.exports["ca"]
+
+
+def test_the_ca_component_records_its_certificate_as_its_output() -> None:
+    """What `pulumi stack export` shows for the component (the mocks record `register_outputs`)."""
+    ev = run(lambda: CertificateAuthority("ca", ca_args()) and None)
+    [ca] = [r for r in ev.resources if r.type == "cluster-ai:index:CertificateAuthority"]
+    [ca_cert] = ev.by_type(SELF_SIGNED)
+    assert ca.outputs == {"certPem": ca_cert.outputs["certPem"]}
