@@ -475,7 +475,7 @@ def test_up_appends_one_line_with_who_where_what_and_the_counts(root: Path, boun
 def test_a_failed_up_is_audited_as_failed_with_the_clis_exit_code(root: Path, boundary: Any) -> None:
     boundary(FakeStack(run_events=[summary(create=1)], fail_with=4))
     code, _, err = run(["up", "dev", "--root", str(root), "--skip-backup"])
-    assert code == 4 and "error: up failed" in err
+    assert code == 4 and "error: `up` of stack 'dev' failed:\nerror: up failed\n" in err
     (line,) = audit_lines(root)
     assert line["result"] == "failed" and line["detail"]["exitCode"] == 4 and line["changes"] == {"create": 1}
 
@@ -590,7 +590,7 @@ def test_up_dumps_before_a_plan_that_changes_postgres_or_webui(
     assert f"the plan changes {service} ({op})" in out
     assert f"pre-update backup: {DUMP} (container postgres-backup on host local" in out
     (line,) = audit_lines(root)
-    assert line["detail"]["backup"] == DUMP and line["detail"]["backupHost"] == "local"
+    assert line["detail"] == {"backup": DUMP, "backupContainer": "postgres-backup", "backupHost": "local"}
 
 
 def test_up_takes_no_dump_when_the_data_services_do_not_change(
@@ -1064,6 +1064,9 @@ def test_a_login_is_found_in_pulumi_home_first_then_in_home(tmp_path: Path) -> N
     assert automation._logged_in("s3://bucket/", {"HOME": str(tmp_path / "home")})
     assert not automation._logged_in("s3://other", {"HOME": str(tmp_path / "home")})
     assert not automation._logged_in("/api.example.test", env), "a leading slash is part of the URL"
+    credentials(tmp_path / "x", "https://api.example.test/tenantX/")
+    assert automation._logged_in("https://api.example.test/tenantX", {"PULUMI_HOME": str(tmp_path / "x")})
+    assert not automation._logged_in("https://api.example.test/tenant", {"PULUMI_HOME": str(tmp_path / "x")})
 
 
 def test_no_credentials_or_unreadable_ones_are_no_login(tmp_path: Path) -> None:
@@ -1142,7 +1145,7 @@ def test_the_analyzer_copy_of_the_pack_links_every_file_and_names_the_runtime(
 
     source = tmp_path / "policies"
     (source / "__pycache__").mkdir(parents=True)
-    (source / "PulumiPolicy.yaml").write_text("description: the pack\nruntime: python\n")
+    (source / "PulumiPolicy.yaml").write_text("runtime: python\ndescription: the pack\n")
     (source / "__main__.py").write_text("# the pack\n")
     (source / "rules.py").write_text("# rules\n")
     pack = tmp_path / ".pulumi-policy-pack"
@@ -1158,7 +1161,7 @@ def test_the_analyzer_copy_of_the_pack_links_every_file_and_names_the_runtime(
         "description": "the pack",
         "runtime": {"name": "clusterai", "options": {"virtualenv": str(tmp_path / ".venv")}},
     }
-    assert list(yaml.safe_load((pack / "PulumiPolicy.yaml").read_text())) == ["description", "runtime"], "order kept"
+    assert list(yaml.safe_load((pack / "PulumiPolicy.yaml").read_text())) == ["runtime", "description"], "order kept"
     # A file or a link where the copy goes is replaced, not followed.
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -1221,7 +1224,7 @@ def test_a_declared_container_without_options_or_stack_label_is_looked_up_as_suc
     ids=["failed-after-writing", "no-dump-named"],
 )
 def test_a_dump_that_fails_or_names_no_file_stops_with_the_last_lines(output: bytes, code: int) -> None:
-    lines = b"".join(b"line %d\n" % i for i in range(8)) + output + "caf\u00e9 \xff\n".encode("latin-1")
+    lines = b"".join(b"line %d\n" % i for i in range(9)) + output + "caf\u00e9 \xff\n".encode("latin-1")
     docker = FakeDocker([FakeContainer(lines, code=code)])
     with pytest.raises(automation.OperationError) as raised:
         automation.take_dump(Declared(), client_for=docker)
@@ -1439,3 +1442,31 @@ def test_up_on_a_stack_file_broken_since_the_preview_is_a_config_error(root: Pat
     assert code == 2, err
     assert "cluster-ai:backups.enabled" in err and "Traceback" not in err
     assert stack.calls == ["preview"]
+
+
+def test_the_stacks_own_secrets_provider_spares_the_passphrase_on_a_bucket(
+    root: Path, boundary: Any, clean_env: pytest.MonkeyPatch
+) -> None:
+    stack_file = root / "Pulumi.dev.yaml"
+    stack_file.write_text("secretsprovider: awskms://alias/cluster-ai\n" + stack_file.read_text())
+    clean_env.setenv("PULUMI_BACKEND_URL", "s3://state")
+    stack = boundary(FakeStack())
+    code, _, err = run(["preview", "dev", "--root", str(root)])
+    assert code == 0, err
+    assert stack.calls == ["preview"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "failing"), [(["destroy", "dev", "--yes=dev"], "destroy"), (["up", "dev"], "preview")]
+)
+def test_a_failed_engine_call_names_the_operation_and_the_stack(
+    argv: list[str], failing: str, root: Path, boundary: Any
+) -> None:
+    class Failing(FakeStack):
+        def _replay(self, name: str, events: list[EngineEvent], on_event: Any, options: dict[str, Any]) -> None:
+            raise CommandError(CommandResult(stdout="", stderr=f"error: {name} went wrong\n", code=3))
+
+    boundary(Failing())
+    code, _, err = run([*argv, "--root", str(root)])
+    assert code == 3
+    assert f"error: `{failing}` of stack 'dev' failed:\nerror: {failing} went wrong\n" in err
