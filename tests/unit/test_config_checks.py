@@ -618,3 +618,59 @@ def test_an_image_without_a_pin_is_refused_saying_how_to_pin_it(dev: Config, ima
 def test_a_value_of_the_wrong_type_is_named_by_its_yaml_type(dev: Config, value: Any, shown: str) -> None:
     dev[NS + "dask"] = {"version": value}
     assert shown in one_problem(dev, f"{NS}dask.version")
+
+
+# -- how problems are found and named -------------------------------------------------------------
+
+
+def test_every_unknown_key_is_named_with_a_hint_only_when_one_is_close(dev: Config) -> None:
+    dev.update({NS + "bogus": "1", NS + "hostz": [], NS + "zzzz": "2"})
+    assert [p for p in problems(dev) if "is not a known key" in p] == [
+        f"{NS}bogus: is not a known key",
+        f"{NS}hostz: is not a known key (did you mean 'hosts'?)",
+        f"{NS}zzzz: is not a known key",
+    ]
+
+
+def test_a_wrong_type_in_an_optional_field_names_the_field_not_the_union_member(dev: Config) -> None:
+    dev[NS + "hosts"][0]["dockerHost"] = 5
+    assert f"{NS}hosts[0].dockerHost: must be a string, got 5 (a number)" in problems(dev)
+    dev = copy.deepcopy(dev)
+    del dev[NS + "hosts"][0]["dockerHost"]
+    dev[NS + "models"] = [{"name": "qwen2.5:0.5b", "digest": 5}]
+    assert f"{NS}models[0].digest: must be a string, got 5 (a number)" in problems(dev)
+
+
+def test_a_value_of_the_wrong_type_is_shown_whole(dev: Config) -> None:
+    dev[NS + "dask"] = {"version": {"a": 1}}
+    assert problems(dev) == (f"{NS}dask.version: must be a string, got an object with keys",)
+
+
+def test_a_secret_that_looks_like_json_is_kept_as_text() -> None:
+    config = encode(decoded("dev"))
+    config[NS + "smtpPassword"] = "{not json"
+    found = problems_of_raw(config, [NS + "smtpPassword"])
+    assert found == (
+        f"{NS}smtpPassword: is set but {NS}monitoring.smtp.user is not: "
+        "set the SMTP login, or remove the password (`pulumi config rm smtpPassword`)",
+    ), "the secret was read as (broken) JSON"
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        ('{"version": "\\ud800"}', f"{NS}dask.version: contains an invalid unicode escape (an unpaired surrogate)"),
+        ('{"\\ud800": "x"}', f"{NS}dask: has a key with an invalid unicode escape (an unpaired surrogate)"),
+        ('{"a": {"b": "\\ud800"}}', f"{NS}dask.a.b: contains an invalid unicode escape (an unpaired surrogate)"),
+    ],
+)
+def test_an_unpaired_surrogate_is_named_where_it_is(raw: str, problem: str) -> None:
+    config = encode(decoded("dev"))
+    config[NS + "dask"] = raw
+    assert problem in problems_of_raw(config, [])
+
+
+def problems_of_raw(config: dict[str, str], secret_keys: list[str]) -> tuple[str, ...]:
+    with pytest.raises(ConfigError) as caught:
+        load_spec(config, secret_keys)
+    return caught.value.problems
