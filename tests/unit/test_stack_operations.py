@@ -554,7 +554,8 @@ def test_drift_exits_0_when_the_refresh_changes_nothing(root: Path, boundary: An
 def test_a_drift_check_that_fails_without_drift_is_the_clis_error_not_exit_7(root: Path, boundary: Any) -> None:
     boundary(FakeStack(run_events=[summary(same=30)], fail_with=255))
     code, out, err = run(["drift", "dev", "--root", str(root)])
-    assert code == 255 and out == "" and "drift check of stack 'dev' failed" in err
+    assert code == 255 and out == ""
+    assert "error: drift check of stack 'dev' failed:\nerror: preview_refresh failed\n" in err
 
 
 # -- up: a fresh dump before PostgreSQL or Open WebUI changes --------------------------------
@@ -1457,7 +1458,8 @@ def test_the_stacks_own_secrets_provider_spares_the_passphrase_on_a_bucket(
 
 
 @pytest.mark.parametrize(
-    ("argv", "failing"), [(["destroy", "dev", "--yes=dev"], "destroy"), (["up", "dev"], "preview")]
+    ("argv", "failing"),
+    [(["destroy", "dev", "--yes=dev"], "destroy"), (["up", "dev"], "preview"), (["preview", "dev"], "preview")],
 )
 def test_a_failed_engine_call_names_the_operation_and_the_stack(
     argv: list[str], failing: str, root: Path, boundary: Any
@@ -1470,3 +1472,33 @@ def test_a_failed_engine_call_names_the_operation_and_the_stack(
     code, _, err = run([*argv, "--root", str(root)])
     assert code == 3
     assert f"error: `{failing}` of stack 'dev' failed:\nerror: {failing} went wrong\n" in err
+
+
+def test_without_an_override_the_audit_log_sits_beside_the_state_and_names_the_commit(
+    root: Path, boundary: Any, clean_env: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+
+    clean_env.delenv("CLUSTER_AI_AUDIT_LOG")
+    git = ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "Pulumi.yaml"], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    boundary(FakeStack())
+    code, _, err = run(["destroy", "dev", "--root", str(root), "--yes=dev"])
+    assert code == 0, err
+    (line,) = audit.read(root / ".pulumi-state" / "audit.jsonl")
+    assert (line["operation"], line["commit"]) == ("destroy", head)
+
+
+def test_an_audit_log_that_cannot_be_written_is_a_warning_on_the_operations_stderr(
+    root: Path, boundary: Any, clean_env: pytest.MonkeyPatch
+) -> None:
+    blocker = root / "not-a-directory"
+    blocker.write_text("")
+    clean_env.setenv("CLUSTER_AI_AUDIT_LOG", str(blocker / "audit.jsonl"))
+    boundary(FakeStack())
+    code, _, err = run(["destroy", "dev", "--root", str(root), "--yes=dev"])
+    assert code == 0, err
+    assert f"warning: could not write the audit log {blocker / 'audit.jsonl'}" in err
