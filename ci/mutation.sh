@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make mutation`: a mutation run (mutmut, from PyPI) over the modules issue 14 names,
-# each against the unit tests that exercise it. Not part of CI (about an hour or more
-# per module on 2 cores). Each module runs on a scratch copy of the checkout, so the
+# each against the unit tests that exercise it. Not part of CI (about 20 minutes for
+# the four on 2 cores; docs/testing.md). Each module runs on a scratch copy of the checkout, so the
 # tree stays untouched: mutmut writes its mutants/ and its config (setup.cfg) there.
 #
 #   PLAN      "module=test,test;module=test..." (default: the four below)

@@ -198,7 +198,7 @@ def hardened_container(
         # Keep the image when the container goes: another container may use it,
         # and a rollback should not have to pull again.
         keep_locally=True,
-        opts=_child(opts),
+        opts=_prepared(opts),
     )
     file_mounts: list[Mount] = []
     uploads: list[docker.ContainerUploadArgs] = []
@@ -206,7 +206,7 @@ def hardened_container(
         secrets = docker.Volume(
             f"{name}-secrets",
             labels=_volume_labels(spec, "secrets"),
-            opts=_child(opts),
+            opts=_prepared(opts),
         )
         file_mounts.append(Mount(volume=secrets.name, target=SECRETS_DIR, read_only=True))
         files = dict(spec.secret_files)
@@ -216,7 +216,7 @@ def hardened_container(
         config = docker.Volume(
             f"{name}-config",
             labels=_volume_labels(spec, "config"),
-            opts=_child(opts),
+            opts=_prepared(opts),
         )
         file_mounts.append(Mount(volume=config.name, target=CONFIG_DIR, read_only=True))
         uploads += [
@@ -335,7 +335,7 @@ def _file_holder(
             docker.ContainerLabelArgs(label=k, value=v)
             for k, v in sorted({**_labels(f"{name}-files", spec), "cluster-ai.role": "file-holder"}.items())
         ],
-        opts=_child(opts),
+        opts=_prepared(opts),
     )
 
 
@@ -418,7 +418,7 @@ def data_volume(
             for k, v in sorted({**labels, "cluster-ai.service": service, "cluster-ai.volume": "data"}.items())
         ],
         opts=pulumi.ResourceOptions.merge(
-            _child(opts),
+            _prepared(opts),
             pulumi.ResourceOptions(protect=protect, retain_on_delete=protect),
         ),
     )
@@ -433,10 +433,32 @@ def child_options(component: pulumi.ComponentResource, opts: pulumi.ResourceOpti
     return pulumi.ResourceOptions(parent=component, depends_on=opts.depends_on if opts is not None else None)
 
 
+def generated_options(component: pulumi.ComponentResource) -> pulumi.ResourceOptions:
+    """Options for a value a component generates (a password, a key): its child, waiting
+    for nothing. It is state only, so the component's `depends_on` (the host's bootstrap,
+    the services it starts after) would only lengthen the chain to the services using it."""
+    return pulumi.ResourceOptions(parent=component)
+
+
 def _child(opts: pulumi.ResourceOptions) -> pulumi.ResourceOptions:
     if opts.parent is None:
         raise ValueError("hardened resources are always declared as children of a component")
     return pulumi.ResourceOptions(parent=opts.parent, provider=opts.provider, depends_on=opts.depends_on)
+
+
+def _prepared(opts: pulumi.ResourceOptions) -> pulumi.ResourceOptions:
+    """What a container needs before it starts (its image, file volumes and holder): the
+    component's parent and provider, not its `depends_on`.
+
+    `depends_on` orders services (Open WebUI starts after PostgreSQL and Redis are
+    healthy); pulling an image or writing a file waits for nothing but the host, and
+    the host's readiness is its provider's (components/host.py makes the provider wait
+    for the bootstrap). Preparing in parallel keeps the longest chain at 6 resources
+    however many services wait on one another (tests/unit/test_scaling.py).
+    """
+    if opts.parent is None:
+        raise ValueError("hardened resources are always declared as children of a component")
+    return pulumi.ResourceOptions(parent=opts.parent, provider=opts.provider)
 
 
 def _labels(name: str, spec: ServiceContainer) -> dict[str, str]:

@@ -117,15 +117,17 @@ class DockerHost(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: DockerHostArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("cluster-ai:index:DockerHost", name, {}, opts)
+        self.bootstrap = None
+        if "bootstrap" in args:
+            self.bootstrap = HostBootstrap(f"{name}-bootstrap", args["bootstrap"], pulumi.ResourceOptions(parent=self))
+        # Everything on the host goes through this provider, so everything on it (images
+        # pulled, volumes, networks, containers) waits for the host's checks and firewall.
         self.provider = docker.Provider(
             f"{name}-docker",
             host=args["docker_host"],
             ssh_opts=args.get("ssh_opts"),
-            opts=pulumi.ResourceOptions(parent=self),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.bootstrap] if self.bootstrap else None),
         )
-        self.bootstrap = None
-        if "bootstrap" in args:
-            self.bootstrap = HostBootstrap(f"{name}-bootstrap", args["bootstrap"], pulumi.ResourceOptions(parent=self))
         child = pulumi.ResourceOptions(parent=self, provider=self.provider)
         # Names fixed from the stack and host (not auto-named): they are known at
         # preview, so commands that name the network (the model sync) are too.

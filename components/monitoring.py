@@ -52,6 +52,7 @@ from components.hardened import (
     ServiceContainer,
     child_options,
     data_volume,
+    generated_options,
     hardened_container,
 )
 from components.logging_config import ALLOY_PORT, DOCKER_LOGS, LOKI_DIR, LOKI_PORT, alloy_config
@@ -553,7 +554,9 @@ class MonitoringStack(pulumi.ComponentResource):
         )
 
         grafana = args["grafana"]
-        generated = random.RandomPassword(f"{name}-grafana-admin-password", length=24, special=False, opts=child)
+        generated = random.RandomPassword(
+            f"{name}-grafana-admin-password", length=24, special=False, opts=generated_options(self)
+        )
         self.grafana_admin_password = pulumi.Output.secret(generated.result)
         grafana_data = data_volume(f"{name}-grafana-data", "grafana", protect=protect, labels=labels, opts=child)
         sub_path = "/grafana" if args["grafana_sub_path"] else ""

@@ -14,6 +14,7 @@ from components.hardened import (
     ServiceContainer,
     child_options,
     data_volume,
+    generated_options,
     hardened_container,
 )
 
@@ -56,7 +57,7 @@ class Postgres(pulumi.ComponentResource):
     def __init__(self, name: str, args: PostgresArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("cluster-ai:index:Postgres", name, {}, opts)
         child = child_options(self, opts)
-        generated = random.RandomPassword(f"{name}-password", length=32, special=False, opts=child)
+        generated = random.RandomPassword(f"{name}-password", length=32, special=False, opts=generated_options(self))
         # The mock engine (and older providers) do not mark `result` secret: do it here.
         self.password = pulumi.Output.secret(generated.result)
         volume = data_volume(f"{name}-data", "postgres", protect=args["protect"], labels=args["labels"], opts=child)

@@ -14,6 +14,7 @@ from components.hardened import (
     ServiceContainer,
     child_options,
     data_volume,
+    generated_options,
     hardened_container,
 )
 
@@ -70,7 +71,7 @@ class Redis(pulumi.ComponentResource):
     def __init__(self, name: str, args: RedisArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("cluster-ai:index:Redis", name, {}, opts)
         child = child_options(self, opts)
-        generated = random.RandomPassword(f"{name}-password", length=32, special=False, opts=child)
+        generated = random.RandomPassword(f"{name}-password", length=32, special=False, opts=generated_options(self))
         self.password = pulumi.Output.secret(generated.result)
         volume = data_volume(f"{name}-data", "redis", protect=args["protect"], labels=args["labels"], opts=child)
         memory_mb = args["memory_mb"]

@@ -23,6 +23,7 @@ from components.hardened import (
     ServiceContainer,
     child_options,
     data_volume,
+    generated_options,
     hardened_container,
 )
 
@@ -75,7 +76,7 @@ class OpenWebUI(pulumi.ComponentResource):
         if not args["ollama_urls"]:
             raise ValueError(f"{name}: ollama_urls must list at least one Ollama")
         child = child_options(self, opts)
-        key = random.RandomPassword(f"{name}-secret-key", length=48, special=False, opts=child)
+        key = random.RandomPassword(f"{name}-secret-key", length=48, special=False, opts=generated_options(self))
         self.secret_key = pulumi.Output.secret(key.result)
         volume = data_volume(f"{name}-data", "webui", protect=args["protect"], labels=args["labels"], opts=child)
         publish = []

@@ -245,13 +245,19 @@ def test_every_host_is_bootstrapped_before_services_land_on_it() -> None:
         if c.name.endswith("-bootstrap-run")
     }
     assert sorted(bootstraps) == ["gpu1", "gpu2", "head"]
+    # The host's Docker provider waits for its bootstrap, and everything on the host
+    # (images, volumes, networks, containers) goes through that provider.
+    providers = {r.urn: r for r in ev.resources if r.type == "pulumi:providers:docker"}
+    assert sorted(p.name for p in providers.values()) == ["gpu1-docker", "gpu2-docker", "head-docker"]
+    for provider in providers.values():
+        host = provider.name.removesuffix("-docker")
+        assert bootstraps[host].urn in provider.dependencies, f"{provider.urn} does not wait for {host}'s bootstrap"
+    placed = [r for r in ev.resources if r.type.startswith("docker:index/")]
+    for r in placed:
+        assert r.provider_urn in providers, f"{r.urn} is not placed through a host's provider"
     for c in ev.by_type(CONTAINER):
         host = labels_of(c)["cluster-ai.host"]
-        image_urn = c.property_dependencies["image"][0]
-        image = ev.get(image_urn)
-        assert bootstraps[host].urn in image.dependencies or bootstraps[host].urn in c.dependencies, (
-            f"{c.urn} may start before {host} is bootstrapped"
-        )
+        assert providers[c.provider_urn].name == f"{host}-docker", f"{c.urn} is on {host} through another host"
     assert "nvidia" in bootstraps["gpu1"].plain_inputs()["stdin"]
     assert "nvidia" not in bootstraps["head"].plain_inputs()["stdin"]
 
