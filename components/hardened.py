@@ -456,9 +456,8 @@ def _prepared(opts: pulumi.ResourceOptions) -> pulumi.ResourceOptions:
     for the bootstrap). Preparing in parallel keeps the longest chain at 6 resources
     however many services wait on one another (tests/unit/test_scaling.py).
     """
-    if opts.parent is None:
-        raise ValueError("hardened resources are always declared as children of a component")
-    return pulumi.ResourceOptions(parent=opts.parent, provider=opts.provider)
+    child = _child(opts)
+    return pulumi.ResourceOptions(parent=child.parent, provider=child.provider)
 
 
 def _labels(name: str, spec: ServiceContainer) -> dict[str, str]:

@@ -11,6 +11,7 @@ import base64
 import copy
 import hashlib
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -71,8 +72,13 @@ def load(config: Config) -> ClusterSpec:
 
 
 def problems(config: Config) -> tuple[str, ...]:
+    return problems_of_raw(encode(config), SECRET_KEYS)
+
+
+def problems_of_raw(config: dict[str, str], secret_keys: Sequence[str]) -> tuple[str, ...]:
+    """The problems of a flat config map as the CLI hands it over (text values, secret keys)."""
     with pytest.raises(ConfigError) as caught:
-        load(config)
+        load_spec(config, secret_keys)
     return caught.value.problems
 
 
@@ -668,9 +674,3 @@ def test_an_unpaired_surrogate_is_named_where_it_is(raw: str, problem: str) -> N
     config = encode(decoded("dev"))
     config[NS + "dask"] = raw
     assert problem in problems_of_raw(config, [])
-
-
-def problems_of_raw(config: dict[str, str], secret_keys: list[str]) -> tuple[str, ...]:
-    with pytest.raises(ConfigError) as caught:
-        load_spec(config, secret_keys)
-    return caught.value.problems
